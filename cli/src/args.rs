@@ -1,0 +1,148 @@
+//! Command-line syntax (clap). Validation into library types happens in `cmd`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Record, decode and inspect QMP (QEMU Machine Protocol) traffic.
+///
+/// Exit codes: 0 success; 1 findings or differences (commands that look for them);
+/// 2 the command could not run (bad arguments, unreadable capture, ...).
+#[derive(Debug, Parser)]
+#[command(
+    name = "qmptap",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// More diagnostics on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub quiet: bool,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, help_heading = "Global options")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a transparent proxy in front of a QMP monitor and record every session.
+    ///
+    /// Clients connect to --listen instead of the monitor; each gets its own connection to
+    /// --upstream. Bytes and file descriptors (SCM_RIGHTS) pass unchanged in both directions.
+    /// SIGTERM stops accepting and lets connections finish (up to --grace); SIGINT closes
+    /// them at once. Either way the capture is complete and the exit status 0.
+    Record(RecordArgs),
+    /// Print a capture as a transcript (-> client, <- server) with times and latencies.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Where clients connect: unix:PATH or tcp:HOST:PORT (HOST defaults to 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// The QMP monitor to relay to: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: String,
+    /// The capture file to write; - writes records to stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Mode of the listening UNIX socket file, in octal.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "0600",
+        help_heading = "Listening"
+    )]
+    pub socket_mode: String,
+    /// Replace an existing capture file (by default qmptap refuses, so that no recording is
+    /// lost by mistake).
+    #[arg(long, help_heading = "Capture")]
+    pub force: bool,
+    /// When the capture cannot be written: continue relaying and mark the gap (default), or
+    /// fail and stop the proxy so that nothing passes unrecorded.
+    #[arg(long, value_enum, default_value_t = OnWriteError::Continue, value_name = "POLICY", help_heading = "Capture")]
+    pub on_write_error: OnWriteError,
+    /// Seconds that connections get to finish after SIGTERM before they are closed.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5.0,
+        help_heading = "Listening"
+    )]
+    pub grace: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnWriteError {
+    Continue,
+    Fail,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The capture to show; - reads standard input.
+    #[arg(value_name = "CAPTURE")]
+    pub capture: PathBuf,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Output: a transcript for people, or the kept records as JSON lines (itself a capture).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Cut messages longer than N characters (0: never; default 400 on a terminal, else 0).
+    #[arg(long, value_name = "N")]
+    pub truncate: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Filters")]
+pub struct FilterArgs {
+    /// Only these connections (repeatable, or comma-separated).
+    #[arg(long = "conn", value_name = "N", value_delimiter = ',')]
+    pub conns: Vec<u64>,
+    /// Only one direction: c2s (client to server) or s2c.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<String>,
+    /// Only these commands or events (repeatable, comma-separated, * wildcards); replies
+    /// follow their command.
+    #[arg(long = "name", value_name = "NAME", value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Only these kinds: greeting, command, return, error, event, other, invalid.
+    #[arg(long = "kind", value_name = "KIND", value_delimiter = ',')]
+    pub kinds: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,91 @@
+//! Turns parsed arguments into library calls.
+
+mod record;
+mod show;
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use qmptap::capture::Dir;
+use qmptap::transcript::Filter;
+use qmptap::wire::Kind;
+
+use crate::args::{Cli, ColorChoice, Command, FilterArgs};
+
+/// Exit status when the command could not run.
+pub const EXIT_ERROR: u8 = 2;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Record(args) => record::run(&args),
+        Command::Show(args) => show::run(&args, cli.global.color),
+    }
+}
+
+pub fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_target(false)
+        .init();
+}
+
+/// Whether an error is only the reader of our output going away (`qmptap show | head`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause.to_string().contains("Broken pipe")
+    })
+}
+
+/// Colour on stdout: as asked, or on a terminal unless NO_COLOR is set (no-color.org).
+pub fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+impl TryFrom<&FilterArgs> for Filter {
+    type Error = anyhow::Error;
+
+    fn try_from(args: &FilterArgs) -> Result<Filter> {
+        let dir = match args.dir.as_deref() {
+            None => None,
+            Some("c2s" | "->") => Some(Dir::C2s),
+            Some("s2c" | "<-") => Some(Dir::S2c),
+            Some(other) => bail!("invalid --dir '{other}': expected c2s or s2c"),
+        };
+        let kinds = args
+            .kinds
+            .iter()
+            .map(|k| {
+                serde_json::from_value::<Kind>(serde_json::Value::String(k.clone())).map_err(|_| {
+                    anyhow::anyhow!("invalid --kind '{k}': expected greeting, command, return, error, event, other or invalid")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Filter {
+            conns: args.conns.clone(),
+            dir,
+            names: args.names.clone(),
+            kinds,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! `qmptap record`.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use qmptap::addr::Addr;
+use qmptap::capture::{Header, OnWriteError, Record, Sink};
+use qmptap::proxy::{self, Config, Listener};
+use qmptap::wire::Limits;
+
+use crate::args::{self, RecordArgs};
+
+struct Validated {
+    config: Config,
+    policy: OnWriteError,
+    grace: Duration,
+}
+
+impl TryFrom<&RecordArgs> for Validated {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &RecordArgs) -> Result<Validated> {
+        let listen: Addr = a.listen.parse().context("--listen")?;
+        let upstream: Addr = a.upstream.parse().context("--upstream")?;
+        if listen == upstream {
+            bail!("--listen and --upstream are the same address '{listen}'");
+        }
+        let socket_mode = u32::from_str_radix(a.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .with_context(|| format!("invalid --socket-mode '{}': expected octal permission bits such as 0600 or 0660", a.socket_mode))?;
+        if !a.grace.is_finite() || a.grace < 0.0 {
+            bail!("invalid --grace '{}': expected seconds, 0 or more", a.grace);
+        }
+        let policy = match a.on_write_error {
+            args::OnWriteError::Continue => OnWriteError::Continue,
+            args::OnWriteError::Fail => OnWriteError::Fail,
+        };
+        Ok(Validated {
+            config: Config {
+                listen,
+                upstream,
+                socket_mode,
+                limits: Limits::QEMU,
+            },
+            policy,
+            grace: Duration::from_secs_f64(a.grace),
+        })
+    }
+}
+
+pub fn run(args: &RecordArgs) -> Result<ExitCode> {
+    let v = Validated::try_from(args)?;
+    let out: Box<dyn Write + Send> = if args.output.as_os_str() == "-" {
+        Box::new(io::stdout())
+    } else {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(args.force)
+            .create_new(!args.force)
+            .open(&args.output)
+            .with_context(|| {
+                format!(
+                    "cannot create the capture '{}' (use --force to replace an existing one)",
+                    args.output.display()
+                )
+            })?;
+        Box::new(BufWriter::with_capacity(1 << 16, file))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = Listener::bind(&v.config.listen, v.config.socket_mode).await?;
+        let bound = listener.local_addr()?;
+        let header = Record::Header(Header::new(
+            Some(bound.to_string()),
+            Some(v.config.upstream.to_string()),
+        ));
+        let sink = Sink::start(out, &header, v.policy)
+            .with_context(|| format!("cannot write the capture '{}'", args.output.display()))?;
+        let shutdown = proxy::shutdown_on_signals(v.grace)?;
+        // Scripts wait for this line before connecting.
+        eprintln!(
+            "qmptap: recording {bound} -> {} into {}",
+            v.config.upstream,
+            args.output.display()
+        );
+        let handle = sink.handle();
+        let result = proxy::run(listener, &v.config, &handle, &shutdown).await;
+        drop(handle);
+        let flushed = sink.finish();
+        let summary = result?;
+        flushed
+            .with_context(|| format!("cannot finish the capture '{}'", args.output.display()))?;
+        tracing::info!(connections = summary.connections, "capture complete");
+        eprintln!(
+            "qmptap: {} connection(s) recorded into {}",
+            summary.connections,
+            args.output.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}

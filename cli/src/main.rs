@@ -1,0 +1,23 @@
+//! The `qmptap` command: parses arguments, runs the command, maps the outcome to an exit code.
+
+mod args;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    cmd::init_logging(cli.global.verbose, cli.global.quiet);
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if cmd::is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("qmptap: {err:#}");
+            ExitCode::from(cmd::EXIT_ERROR)
+        }
+    }
+}

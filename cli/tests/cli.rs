@@ -1,0 +1,363 @@
+#![allow(clippy::unwrap_used)] // a test that cannot go on should panic
+//! The `qmptap` binary as a user runs it: help output (snapshots), and `record`/`show`
+//! end to end against a real QEMU with signals, socket modes and stdout streaming.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qmptap");
+
+#[test]
+fn help_and_show_snapshots() {
+    trycmd::TestCases::new().case("tests/cmd/*.toml");
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("qmptap-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn qemu(socket: &Path) -> Killed {
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+        ])
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 is required: apt-get install qemu-system-x86 (see .ci/run)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "QEMU did not create its socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Killed(child)
+}
+
+/// Starts `qmptap record` and waits for its "recording" line.
+fn record(args: &[&str], stdout: Stdio) -> Child {
+    let mut child = Command::new(BIN)
+        .arg("record")
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("qmptap: recording "), "unexpected: {line}");
+    // Keep draining stderr so the child never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args(["-s", sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// One short QMP session: greeting, negotiation, query-status, and back.
+fn session(path: &Path) -> Vec<u8> {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-status\"}")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    got
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "qmptap did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn types(capture: &str) -> Vec<String> {
+    capture
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn record_stops_cleanly_on_sigterm_and_sigint() {
+    for sig in ["TERM", "INT"] {
+        let dir = TempDir::new(&format!("sig{sig}"));
+        let qmp = dir.path("qmp.sock");
+        let _qemu = qemu(&qmp);
+        let listen = dir.path("proxy.sock");
+        let capture = dir.path("out.jsonl");
+        let mut child = record(
+            &[
+                "--listen",
+                &format!("unix:{}", listen.display()),
+                "--upstream",
+                &format!("unix:{}", qmp.display()),
+                "-o",
+                capture.to_str().unwrap(),
+            ],
+            Stdio::null(),
+        );
+        let mode = std::fs::metadata(&listen).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the listening socket is private by default");
+        let reply = session(&listen);
+        assert!(String::from_utf8_lossy(&reply).contains("\"running\""));
+        // A client still connected when the signal comes is closed (SIGINT) or given the
+        // grace period (SIGTERM) and recorded either way.
+        let _idle = UnixStream::connect(&listen).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&child, sig);
+        let status = wait_exit(&mut child);
+        assert!(status.success(), "SIG{sig}: {status}");
+        assert!(!listen.exists(), "the socket file is removed");
+        let text = std::fs::read_to_string(&capture).unwrap();
+        let t = types(&text);
+        assert_eq!(t.first().map(String::as_str), Some("header"));
+        assert_eq!(t.iter().filter(|x| *x == "open").count(), 2, "{text}");
+        assert_eq!(t.iter().filter(|x| *x == "close").count(), 2, "{text}");
+        assert!(text.ends_with('\n'));
+    }
+}
+
+#[test]
+fn record_streams_to_stdout_and_show_reads_stdin() {
+    let dir = TempDir::new("stdout");
+    let qmp = dir.path("qmp.sock");
+    let _qemu = qemu(&qmp);
+    let listen = dir.path("proxy.sock");
+    let mut child = record(
+        &[
+            "--listen",
+            &format!("unix:{}", listen.display()),
+            "--upstream",
+            &format!("unix:{}", qmp.display()),
+            "-o",
+            "-",
+            "--socket-mode",
+            "0660",
+        ],
+        Stdio::piped(),
+    );
+    assert_eq!(
+        std::fs::metadata(&listen).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    session(&listen);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, "TERM");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(wait_exit(&mut child).success());
+    assert_eq!(
+        types(&out),
+        ["header", "open", "msg", "msg", "msg", "msg", "msg", "close"]
+    );
+    let mut show = Command::new(BIN)
+        .args(["show", "-", "--name", "query-status", "--color", "never"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    show.stdin
+        .take()
+        .unwrap()
+        .write_all(out.as_bytes())
+        .unwrap();
+    let shown = show.wait_with_output().unwrap();
+    assert!(shown.status.success());
+    let text = String::from_utf8(shown.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(r#"-> {"execute":"query-status"}"#),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(r#"<- {"return": {"#) && lines[1].ends_with(" ms]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn record_refuses_what_it_must_not_touch() {
+    let dir = TempDir::new("refuse");
+    let qmp = dir.path("qmp.sock");
+    let _qemu = qemu(&qmp);
+    // An existing regular file where the socket should go is never replaced.
+    let file = dir.path("precious");
+    std::fs::write(&file, b"data").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "--listen",
+            &format!("unix:{}", file.display()),
+            "--upstream",
+            &format!("unix:{}", qmp.display()),
+            "-o",
+        ])
+        .arg(dir.path("a.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a socket; refusing to replace it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    // An existing capture is not overwritten without --force.
+    let capture = dir.path("old.jsonl");
+    std::fs::write(&capture, b"old").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "--listen",
+            &format!("unix:{}", dir.path("p.sock").display()),
+            "--upstream",
+            &format!("unix:{}", qmp.display()),
+            "-o",
+        ])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&capture).unwrap(), b"old");
+    // Bad addresses are quoted back with what would be accepted.
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "--listen",
+            "udp:1",
+            "--upstream",
+            "unix:/x",
+            "-o",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'udp:1'"));
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let dir = TempDir::new("stale");
+    let qmp = dir.path("qmp.sock");
+    let _qemu = qemu(&qmp);
+    let listen = dir.path("proxy.sock");
+    // A socket file whose listener is gone, as a crashed recorder leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&listen).unwrap());
+    assert!(std::fs::metadata(&listen).unwrap().file_type().is_socket());
+    let mut child = record(
+        &[
+            "--listen",
+            &format!("unix:{}", listen.display()),
+            "--upstream",
+            &format!("unix:{}", qmp.display()),
+            "-o",
+            "-",
+        ],
+        Stdio::null(),
+    );
+    assert!(String::from_utf8_lossy(&session(&listen)).contains("\"return\""));
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn tcp_listens_on_loopback_by_default() {
+    let dir = TempDir::new("tcp");
+    let qmp = dir.path("qmp.sock");
+    let _qemu = qemu(&qmp);
+    // Port 0: the kernel picks one, and qmptap says which.
+    let mut child = Command::new(BIN)
+        .args([
+            "record",
+            "--listen",
+            "tcp::0",
+            "--upstream",
+            &format!("unix:{}", qmp.display()),
+            "-o",
+            "-",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().nth(2).unwrap().to_owned();
+    assert!(addr.starts_with("tcp:127.0.0.1:"), "{line}");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert!(
+        got.contains("\"QMP\"") && got.contains("\"return\""),
+        "{got}"
+    );
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child).success());
+}

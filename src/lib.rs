@@ -1,0 +1,20 @@
+//! qmptap: record, decode, check, replay and analyse QMP traffic.
+//!
+//! The library holds everything; the `qmptap` binary in `cli/` only parses arguments and
+//! calls into it.
+//!
+//! - [`wire`] frames raw byte streams exactly where QEMU's JSON streamer would, and classifies
+//!   each frame (greeting, command, return, error, event, ...).
+//! - [`capture`] defines the versioned JSON Lines capture format, its streaming writer and
+//!   reader.
+//! - [`proxy`] is the byte-transparent recording proxy (UNIX and TCP, SCM_RIGHTS passthrough).
+//! - [`session`] pairs commands with replies once, for every consumer.
+//! - [`transcript`] renders sessions in the QMP manual's `->` / `<-` notation.
+#![deny(missing_docs)]
+
+pub mod addr;
+pub mod capture;
+pub mod proxy;
+pub mod session;
+pub mod transcript;
+pub mod wire;
