@@ -56,12 +56,8 @@ impl Listener {
     /// Accepts the next client.
     pub async fn accept(&self) -> io::Result<Stream> {
         match self {
-            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }
+            Listener::Unix(l, _) => Stream::from_unix(l.accept().await?.0),
+            Listener::Tcp(l) => Stream::from_tcp(l.accept().await?.0),
         }
     }
 }

@@ -147,7 +147,7 @@ async fn serve(
     sink: SinkHandle,
     stop: CancellationToken,
 ) {
-    let peer = client.peer();
+    let peer = client.peer().clone();
     tracing::info!(conn, %peer, "client connected");
     sink.record(Record::Open(Open {
         conn,
@@ -162,7 +162,16 @@ async fn serve(
         },
         () = stop.cancelled() => return refuse(conn, &sink, &config.upstream, "shutdown before connecting"),
     };
-    relay::relay(conn, client, upstream, sink, config.limits, stop).await;
+    let relay = relay::Relay::new(conn, client, upstream, sink, config.limits);
+    let closer = relay.closer();
+    let mut job = tokio::task::spawn_blocking(move || relay.run());
+    tokio::select! {
+        _ = &mut job => {}
+        () = stop.cancelled() => {
+            closer.close("shutdown");
+            let _ = job.await;
+        }
+    }
 }
 
 /// The upstream could not be reached: the client's connection is closed (by dropping it)

@@ -1,14 +1,18 @@
 //! One client connection: relay both directions unchanged, record a copy of each frame.
 //!
-//! Bytes are forwarded first and decoded after: the decoder can cost a record its structure,
-//! never a byte on the wire. Each stretch of bytes is recorded right after the `sendmsg`
-//! that forwarded it returns and before this task waits again, so every message in the
-//! capture precedes anything the peer could have sent in answer to it.
+//! Each direction runs on its own thread with blocking reads, the cheapest way for a
+//! proxy's latency to stay close to a direct connection's. Bytes are forwarded first and
+//! decoded after: the decoder can cost a record its structure, never a byte on the wire.
+//!
+//! Ordering: a direction holds the connection's recorder lock while it hands a stretch of
+//! bytes to the kernel (a non-blocking `sendmsg`, so the lock is never held while waiting)
+//! and records the frames those bytes complete. The peer cannot answer bytes before they are
+//! sent, and the other direction cannot record its answer before the lock is released, so
+//! every message in the capture precedes anything sent in answer to it.
 
+use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, PoisonError};
-
-use tokio_util::sync::CancellationToken;
 
 use super::stream::Stream;
 use crate::capture::{Close, Dir, Msg, Record, Side, SinkHandle, Time};
@@ -17,7 +21,7 @@ use crate::wire::{Decoder, Frame, Limits};
 /// Bytes read from a socket at once.
 pub const CHUNK: usize = 64 * 1024;
 
-/// Per-connection recording state, shared by the two directions of one task.
+/// Per-connection recording state, shared by the two directions.
 struct Recorder {
     conn: u64,
     seq: u64,
@@ -31,6 +35,8 @@ struct Recorder {
     pending_dropped: [u32; 2],
     bytes: [u64; 2],
     frames: Vec<Frame>,
+    /// The first side to end the connection, and why.
+    first_end: Option<(Side, String)>,
 }
 
 fn index(dir: Dir) -> usize {
@@ -46,11 +52,12 @@ impl Recorder {
         self.bytes[i] += bytes.len() as u64;
         self.pending_fds[i] += fds;
         self.pending_dropped[i] += dropped;
-        self.frames.clear();
-        self.decoders[i].feed(bytes, &mut self.frames);
-        for frame in std::mem::take(&mut self.frames) {
+        let mut frames = std::mem::take(&mut self.frames);
+        self.decoders[i].feed(bytes, &mut frames);
+        for frame in frames.drain(..) {
             self.emit(dir, &frame, t);
         }
+        self.frames = frames;
     }
 
     /// The direction ended: a message cut short is recorded as truncated.
@@ -74,6 +81,10 @@ impl Recorder {
         self.seq += 1;
         self.sink.record(Record::Msg(msg));
     }
+
+    fn note_end(&mut self, side: Side, why: String) {
+        self.first_end.get_or_insert((side, why));
+    }
 }
 
 /// How one direction ended.
@@ -81,17 +92,18 @@ enum End {
     /// The source closed its writing side.
     Eof,
     /// Reading the source failed.
-    ReadFailed(std::io::Error),
+    ReadFailed(io::Error),
     /// Writing to the destination failed.
-    WriteFailed(std::io::Error),
+    WriteFailed(io::Error),
 }
 
-async fn pump(dir: Dir, src: &Stream, dst: &Stream, rec: &Mutex<Recorder>) -> End {
+fn pump(dir: Dir, src: &Stream, dst: &Stream, rec: &Mutex<Recorder>) -> End {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let (n, fds) = match src.recv(&mut buf).await {
+        let (n, fds) = match src.recv(&mut buf) {
             Ok((0, _)) => return End::Eof,
             Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return End::ReadFailed(e),
         };
         let t = Time::now();
@@ -107,110 +119,147 @@ async fn pump(dir: Dir, src: &Stream, dst: &Stream, rec: &Mutex<Recorder>) -> En
         };
         let mut off = 0;
         while off < n {
-            let sent = match dst.send(&buf[off..n], &fds).await {
-                Ok(sent) => sent,
+            let mut recorder = rec.lock().unwrap_or_else(PoisonError::into_inner);
+            match dst.try_send(&buf[off..n], &fds) {
+                Ok(sent) => {
+                    // The kernel duplicated the descriptors into the message: close ours.
+                    fds.clear();
+                    let (f, d) = if off == 0 {
+                        (received, dropped)
+                    } else {
+                        (0, 0)
+                    };
+                    recorder.forwarded(dir, &buf[off..off + sent], f, d, t);
+                    off += sent;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(recorder);
+                    if let Err(e) = dst.wait_writable() {
+                        return End::WriteFailed(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return End::WriteFailed(e),
-            };
-            // The kernel duplicated the descriptors into the message: close our copies.
-            fds.clear();
-            let (f, d) = if off == 0 {
-                (received, dropped)
-            } else {
-                (0, 0)
-            };
-            rec.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .forwarded(dir, &buf[off..off + sent], f, d, t);
-            off += sent;
+            }
         }
     }
 }
 
-/// Relays one accepted client to its upstream until both directions end or `stop` fires,
-/// recording everything under connection id `conn`.
-pub async fn relay(
-    conn: u64,
-    client: Stream,
-    upstream: Stream,
-    sink: SinkHandle,
-    limits: Limits,
-    stop: CancellationToken,
-) {
-    let rec = Mutex::new(Recorder {
-        conn,
-        seq: 0,
-        sink: sink.clone(),
-        decoders: [Decoder::with_limits(limits), Decoder::with_limits(limits)],
-        pending_fds: [0; 2],
-        pending_dropped: [0; 2],
-        bytes: [0; 2],
-        frames: Vec::new(),
-    });
-    // The directions borrow the recorder; they are dropped at the end of this block.
-    let first = {
-        let c2s = pump(Dir::C2s, &client, &upstream, &rec);
-        let s2c = pump(Dir::S2c, &upstream, &client, &rec);
-        tokio::pin!(c2s, s2c);
-        let (mut c2s_done, mut s2c_done) = (false, false);
-        // The first side to end, and why.
-        let mut first: Option<(Side, String)> = None;
-        let mut note = |side: Side, why: String| {
-            first.get_or_insert((side, why));
-        };
-        while !(c2s_done && s2c_done) {
-            let (dir, end) = tokio::select! {
-                end = &mut c2s, if !c2s_done => (Dir::C2s, end),
-                end = &mut s2c, if !s2c_done => (Dir::S2c, end),
-                () = stop.cancelled() => {
-                    note(Side::Proxy, "shutdown".into());
-                    break;
-                }
-            };
-            let t = Time::now();
-            rec.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .ended(dir, t);
-            let (src_side, dst, dst_side) = match dir {
-                Dir::C2s => {
-                    c2s_done = true;
-                    (Side::Client, &upstream, Side::Upstream)
-                }
-                Dir::S2c => {
-                    s2c_done = true;
-                    (Side::Upstream, &client, Side::Client)
-                }
-            };
-            match end {
-                End::Eof => {
-                    note(src_side, "eof".into());
-                    // Half-close: the other side reads EOF, the other direction goes on.
-                    let _ = dst.shutdown_write();
-                }
-                End::ReadFailed(e) => {
-                    note(src_side, e.to_string());
-                    break;
-                }
-                End::WriteFailed(e) => {
-                    note(dst_side, e.to_string());
-                    break;
-                }
-            }
-        }
-        first
+/// Runs one direction to its end, then does what that end means for the connection.
+fn run_direction(dir: Dir, src: &Stream, dst: &Stream, rec: &Mutex<Recorder>) {
+    let end = pump(dir, src, dst, rec);
+    let mut recorder = rec.lock().unwrap_or_else(PoisonError::into_inner);
+    recorder.ended(dir, Time::now());
+    let (src_side, dst_side) = match dir {
+        Dir::C2s => (Side::Client, Side::Upstream),
+        Dir::S2c => (Side::Upstream, Side::Client),
     };
-    let mut rec = rec.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let t = Time::now();
-    // Whatever was still partial when the connection was torn down is cut short.
-    rec.ended(Dir::C2s, t);
-    rec.ended(Dir::S2c, t);
-    let (by, reason) = first.unwrap_or((Side::Proxy, "unknown".into()));
-    tracing::debug!(conn, ?by, %reason, "connection closed");
-    sink.record(Record::Close(Close {
-        conn,
-        t,
-        by,
-        reason,
-        c2s_bytes: rec.bytes[0],
-        s2c_bytes: rec.bytes[1],
-    }));
+    match end {
+        End::Eof => {
+            recorder.note_end(src_side, "eof".into());
+            // Half-close: the other side reads EOF, the other direction goes on.
+            dst.shutdown_write();
+        }
+        End::ReadFailed(e) => {
+            recorder.note_end(src_side, e.to_string());
+            src.shutdown_both();
+            dst.shutdown_both();
+        }
+        End::WriteFailed(e) => {
+            recorder.note_end(dst_side, e.to_string());
+            src.shutdown_both();
+            dst.shutdown_both();
+        }
+    }
+}
+
+/// A relayed connection, as the proxy's async side sees it.
+pub struct Relay {
+    client: std::sync::Arc<Stream>,
+    upstream: std::sync::Arc<Stream>,
+    rec: std::sync::Arc<Mutex<Recorder>>,
+}
+
+impl Relay {
+    /// Prepares to relay `client` to `upstream`, recording under connection id `conn`.
+    pub fn new(
+        conn: u64,
+        client: Stream,
+        upstream: Stream,
+        sink: SinkHandle,
+        limits: Limits,
+    ) -> Relay {
+        let rec = Recorder {
+            conn,
+            seq: 0,
+            sink,
+            decoders: [Decoder::with_limits(limits), Decoder::with_limits(limits)],
+            pending_fds: [0; 2],
+            pending_dropped: [0; 2],
+            bytes: [0; 2],
+            frames: Vec::new(),
+            first_end: None,
+        };
+        Relay {
+            client: std::sync::Arc::new(client),
+            upstream: std::sync::Arc::new(upstream),
+            rec: std::sync::Arc::new(Mutex::new(rec)),
+        }
+    }
+
+    /// Relays until both directions have ended (blocking: run it on a blocking thread), then
+    /// records the connection's close.
+    pub fn run(&self) {
+        std::thread::scope(|scope| {
+            let c2s = std::thread::Builder::new()
+                .name("qmptap-c2s".into())
+                .spawn_scoped(scope, || {
+                    run_direction(Dir::C2s, &self.client, &self.upstream, &self.rec)
+                });
+            if let Err(e) = c2s {
+                // No thread for the client's direction: nothing can be relayed.
+                self.note_and_close(Side::Proxy, format!("cannot start a relay thread: {e}"));
+            }
+            run_direction(Dir::S2c, &self.upstream, &self.client, &self.rec);
+        });
+        let mut rec = self.rec.lock().unwrap_or_else(PoisonError::into_inner);
+        let (by, reason) = rec
+            .first_end
+            .take()
+            .unwrap_or((Side::Proxy, "unknown".into()));
+        tracing::debug!(conn = rec.conn, ?by, %reason, "connection closed");
+        let close = Close {
+            conn: rec.conn,
+            t: Time::now(),
+            by,
+            reason,
+            c2s_bytes: rec.bytes[0],
+            s2c_bytes: rec.bytes[1],
+        };
+        rec.sink.record(Record::Close(close));
+    }
+
+    /// Ends the connection from outside (shutdown): both sockets are closed, which wakes the
+    /// relay threads, and the capture says the proxy closed it.
+    pub fn close(&self, why: &str) {
+        self.note_and_close(Side::Proxy, why.to_owned());
+    }
+
+    fn note_and_close(&self, side: Side, why: String) {
+        self.rec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .note_end(side, why);
+        self.client.shutdown_both();
+        self.upstream.shutdown_both();
+    }
+
+    /// A handle that can close the connection while [`Relay::run`] runs elsewhere.
+    pub fn closer(&self) -> Relay {
+        Relay {
+            client: self.client.clone(),
+            upstream: self.upstream.clone(),
+            rec: self.rec.clone(),
+        }
+    }
 }

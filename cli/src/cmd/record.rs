@@ -71,7 +71,7 @@ pub fn run(args: &RecordArgs) -> Result<ExitCode> {
             })?;
         Box::new(BufWriter::with_capacity(1 << 16, file))
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
