@@ -214,7 +214,7 @@ impl Relay {
             let c2s = std::thread::Builder::new()
                 .name("qmptap-c2s".into())
                 .spawn_scoped(scope, || {
-                    run_direction(Dir::C2s, &self.client, &self.upstream, &self.rec)
+                    run_direction(Dir::C2s, &self.client, &self.upstream, &self.rec);
                 });
             if let Err(e) = c2s {
                 // No thread for the client's direction: nothing can be relayed.
