@@ -15,6 +15,7 @@
 pub mod addr;
 pub mod capture;
 pub mod proxy;
+pub mod schema;
 pub mod session;
 pub mod transcript;
 pub mod wire;
