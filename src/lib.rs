@@ -14,6 +14,7 @@
 
 pub mod addr;
 pub mod capture;
+pub mod notation;
 pub mod proxy;
 pub mod schema;
 pub mod session;
