@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod audit;
 pub mod capture;
 pub mod notation;
 pub mod proxy;

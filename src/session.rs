@@ -35,6 +35,8 @@ pub enum Role {
     Reply {
         /// `seq` of the request.
         request_seq: u64,
+        /// The request's `id`, which the reply should echo.
+        request_id: Option<serde_json::Value>,
         /// The request's command name (None for a frame that was not a command).
         command: Option<String>,
         /// Microseconds from request to reply.
@@ -127,6 +129,7 @@ impl Tracker {
                 match index.and_then(|i| state.pending.remove(i)) {
                     Some(p) => Role::Reply {
                         request_seq: p.seq,
+                        request_id: p.id,
                         command: p.name,
                         latency_us: m.t.micros_since(p.t),
                     },

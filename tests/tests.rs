@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used)] // a test that cannot go on should panic
 //! Integration tests against real QEMU processes. They fail, never skip, when QEMU is missing.
 
+mod check;
 mod checker;
+mod notation_manual;
 mod qapi_schema;
 mod record;
 mod util;

@@ -53,6 +53,83 @@ pub enum Command {
     Record(RecordArgs),
     /// Print a capture as a transcript (-> client, <- server) with times and latencies.
     Show(ShowArgs),
+    /// Validate every message of captures against a QMP schema, and the protocol's rules.
+    ///
+    /// Commands (known, arguments complete and well-typed, exec-oob allowed), replies
+    /// (against the command's return type; error classes), events, and protocol order
+    /// (negotiation first and once, ids echoed, no reply without a command). Deprecated and
+    /// unstable usage is a warning, or an error with --deny.
+    ///
+    /// Exit status: 0 no errors (warnings allowed), 1 errors found, 2 could not run.
+    Check(CheckArgs),
+    /// Inspect, compare and export QMP schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArg {
+    /// The schema: a QAPI directory or file, introspection JSON, a capture holding a
+    /// query-qmp-schema reply, builtin:7.2, builtin:9.1, or live:ADDR (ask a running monitor).
+    #[arg(long, value_name = "SCHEMA")]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Captures to check; a file that is not a capture is read as a transcript in the QMP
+    /// documentation's notation (-> what the client sends, <- what the server sends).
+    #[arg(value_name = "CAPTURE", required = true)]
+    pub captures: Vec<PathBuf>,
+    /// Schema to check against (default: the capture's own query-qmp-schema reply, else the
+    /// built-in schema nearest the greeting's QEMU version).
+    #[command(flatten)]
+    pub schema: SchemaArg,
+    /// Make deprecated and/or unstable usage an error: deprecated, unstable, or both
+    /// comma-separated (QEMU's -compat deprecated-input=reject as the model).
+    #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
+    pub deny: Vec<String>,
+    /// Output: findings grouped by rule for people, or JSON (one report per capture and line).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Show a command's, event's or type's shape: members with their types, optionality and
+    /// features, as paths (arguments.channels[].addr.transport).
+    Show {
+        /// Command, event or type name.
+        name: String,
+        #[command(flatten)]
+        schema: SchemaArg,
+    },
+    /// Compare two schemas by what crosses the wire: commands, events, members and enum values
+    /// added, removed, changed, or newly deprecated/unstable.
+    Diff {
+        /// The older schema.
+        old: String,
+        /// The newer schema.
+        new: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print a schema as query-qmp-schema would return it (or in qmptap's model format,
+    /// which keeps integer widths and build conditions).
+    Dump {
+        #[command(flatten)]
+        schema: SchemaArg,
+        /// introspection or model.
+        #[arg(long, value_enum, default_value_t = DumpFormat::Introspection)]
+        format: DumpFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DumpFormat {
+    Introspection,
+    Model,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,8 @@
 //! Turns parsed arguments into library calls.
 
+mod check;
 mod record;
+mod schema;
 mod show;
 
 use std::io::IsTerminal as _;
@@ -13,6 +15,8 @@ use qmptap::wire::Kind;
 
 use crate::args::{Cli, ColorChoice, Command, FilterArgs};
 
+/// Exit status when the command found what it looks for (findings, differences).
+pub const EXIT_FINDINGS: u8 = 1;
 /// Exit status when the command could not run.
 pub const EXIT_ERROR: u8 = 2;
 
@@ -20,6 +24,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record::run(&args),
         Command::Show(args) => show::run(&args, cli.global.color),
+        Command::Check(args) => check::run(&args, cli.global.color),
+        Command::Schema(cmd) => schema::run(&cmd),
     }
 }
 
