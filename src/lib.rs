@@ -18,6 +18,7 @@ pub mod capture;
 pub mod normalize;
 pub mod notation;
 pub mod proxy;
+pub mod replay;
 pub mod schema;
 pub mod session;
 pub mod transcript;

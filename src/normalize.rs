@@ -6,7 +6,7 @@
 //! A rule masks a value by replacing it with the string `"<name>"`; presence and absence are
 //! still compared, as is everything the rules do not name.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde_json::Value;
 
@@ -46,7 +46,9 @@ impl fmt::Display for Rule {
 
 /// A `--ignore` value that is not `[NAME:]PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid --ignore '{0}': expected [NAME:]PATH, e.g. query-migrate:return.ram.* or data.offset ('*' any member or element, '[]' any element)")]
+#[error(
+    "invalid --ignore '{0}': expected [NAME:]PATH, e.g. query-migrate:return.ram.* or data.offset ('*' any member or element, '[]' any element)"
+)]
 pub struct RuleError(String);
 
 impl Rule {
@@ -66,7 +68,13 @@ impl Rule {
                 Some(i) => (&part[..i], &part[i..]),
                 None => (part, ""),
             };
-            if arrays.len() % 2 != 0 || !arrays.chars().collect::<Vec<_>>().chunks(2).all(|c| c == ['[', ']']) {
+            if arrays.len() % 2 != 0
+                || !arrays
+                    .chars()
+                    .collect::<Vec<_>>()
+                    .chunks(2)
+                    .all(|c| c == ['[', ']'])
+            {
                 return Err(err());
             }
             match key {
@@ -81,7 +89,13 @@ impl Rule {
         if path.is_empty() {
             return Err(err());
         }
-        Ok(Rule { name: name.to_owned(), why: why.to_owned(), scope, path, text: text.to_owned() })
+        Ok(Rule {
+            name: name.to_owned(),
+            why: why.to_owned(),
+            scope,
+            path,
+            text: text.to_owned(),
+        })
     }
 
     fn applies(&self, name: Option<&str>) -> bool {
@@ -100,8 +114,16 @@ fn mask(value: &mut Value, path: &[Seg], label: &str) {
                 mask(v, rest, label);
             }
         }
-        (Seg::Any, Value::Object(map)) => map.values_mut().for_each(|v| mask(v, rest, label)),
-        (Seg::Any | Seg::Each, Value::Array(items)) => items.iter_mut().for_each(|v| mask(v, rest, label)),
+        (Seg::Any, Value::Object(map)) => {
+            for v in map.values_mut() {
+                mask(v, rest, label);
+            }
+        }
+        (Seg::Any | Seg::Each, Value::Array(items)) => {
+            for v in items {
+                mask(v, rest, label);
+            }
+        }
         _ => {}
     }
 }
@@ -110,28 +132,106 @@ fn mask(value: &mut Value, path: &[Seg], label: &str) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Normalizer {
     rules: Vec<Rule>,
+    /// Events whose number varies from run to run: `(rule name, why, event)`. One more or one
+    /// fewer of them is explained, not a difference.
+    counted: Vec<(String, String, String)>,
 }
 
 /// The built-in rules: `(name, why, [NAME:]PATH)`.
 const DEFAULT_RULES: &[(&str, &str, &str)] = &[
-    ("event-time", "events carry the host time they were emitted at", "timestamp"),
-    ("client-id", "the client chooses ids; replay and mocks use their own", "id"),
-    ("qemu-package", "the build's package string", "QMP.version.package"),
-    ("qemu-package", "the build's package string", "query-version:return.package"),
-    ("migration-progress", "migration counters depend on timing", "query-migrate:return.ram.*"),
-    ("migration-progress", "migration counters depend on timing", "query-migrate:return.disk.*"),
-    ("migration-progress", "migration counters depend on timing", "query-migrate:return.xbzrle-cache.*"),
-    ("migration-time", "migration durations depend on timing", "query-migrate:return.total-time"),
-    ("migration-time", "migration durations depend on timing", "query-migrate:return.setup-time"),
-    ("migration-time", "migration durations depend on timing", "query-migrate:return.downtime"),
-    ("migration-time", "migration durations depend on timing", "query-migrate:return.expected-downtime"),
-    ("migration-time", "migration durations depend on timing", "query-migrate:return.cpu-throttle-percentage"),
-    ("job-progress", "job progress depends on timing", "query-jobs:return[].current-progress"),
-    ("job-progress", "job progress depends on timing", "query-block-jobs:return[].offset"),
-    ("job-progress", "job progress depends on timing", "query-block-jobs:return[].busy"),
-    ("fd-number", "QEMU's own descriptor numbers", "add-fd:return.fd"),
-    ("fd-number", "QEMU's own descriptor numbers", "query-fdsets:return[].fds[].fd"),
+    (
+        "event-time",
+        "events carry the host time they were emitted at",
+        "timestamp",
+    ),
+    (
+        "client-id",
+        "the client chooses ids; replay and mocks use their own",
+        "id",
+    ),
+    (
+        "qemu-package",
+        "the build's package string",
+        "QMP.version.package",
+    ),
+    (
+        "qemu-package",
+        "the build's package string",
+        "query-version:return.package",
+    ),
+    (
+        "migration-progress",
+        "migration counters depend on timing",
+        "query-migrate:return.ram.*",
+    ),
+    (
+        "migration-progress",
+        "migration counters depend on timing",
+        "query-migrate:return.disk.*",
+    ),
+    (
+        "migration-progress",
+        "migration counters depend on timing",
+        "query-migrate:return.xbzrle-cache.*",
+    ),
+    (
+        "migration-time",
+        "migration durations depend on timing",
+        "query-migrate:return.total-time",
+    ),
+    (
+        "migration-time",
+        "migration durations depend on timing",
+        "query-migrate:return.setup-time",
+    ),
+    (
+        "migration-time",
+        "migration durations depend on timing",
+        "query-migrate:return.downtime",
+    ),
+    (
+        "migration-time",
+        "migration durations depend on timing",
+        "query-migrate:return.expected-downtime",
+    ),
+    (
+        "migration-time",
+        "migration durations depend on timing",
+        "query-migrate:return.cpu-throttle-percentage",
+    ),
+    (
+        "job-progress",
+        "job progress depends on timing",
+        "query-jobs:return[].current-progress",
+    ),
+    (
+        "job-progress",
+        "job progress depends on timing",
+        "query-block-jobs:return[].offset",
+    ),
+    (
+        "job-progress",
+        "job progress depends on timing",
+        "query-block-jobs:return[].busy",
+    ),
+    (
+        "fd-number",
+        "QEMU's own descriptor numbers",
+        "add-fd:return.fd",
+    ),
+    (
+        "fd-number",
+        "QEMU's own descriptor numbers",
+        "query-fdsets:return[].fds[].fd",
+    ),
 ];
+
+/// Events whose number is volatile: `(name, why, event)`.
+const DEFAULT_COUNTED: &[(&str, &str, &str)] = &[(
+    "migration-passes",
+    "how many RAM passes a migration needs depends on how fast the guest dirties memory",
+    "MIGRATION_PASS",
+)];
 
 impl Default for Normalizer {
     fn default() -> Self {
@@ -140,23 +240,54 @@ impl Default for Normalizer {
                 .iter()
                 .filter_map(|(name, why, spec)| Rule::parse(name, why, spec).ok())
                 .collect(),
+            counted: DEFAULT_COUNTED
+                .iter()
+                .map(|(n, w, e)| ((*n).to_owned(), (*w).to_owned(), (*e).to_owned()))
+                .collect(),
         }
     }
 }
 
+/// Whether an `--ignore` value names an event (upper case, as QMP names events) rather than
+/// a path.
+fn is_event_name(spec: &str) -> bool {
+    !spec.is_empty()
+        && spec
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
 impl Normalizer {
-    /// The built-in rules plus `--ignore` paths (named `ignore`).
+    /// The built-in rules plus `--ignore` values (named `ignore`): `[NAME:]PATH` masks a value,
+    /// an event name alone (`MIGRATION_PASS`) makes that event's number volatile.
     pub fn with_ignores<S: AsRef<str>>(ignores: &[S]) -> Result<Normalizer, RuleError> {
         let mut n = Normalizer::default();
         for spec in ignores {
-            n.rules.push(Rule::parse("ignore", "--ignore", spec.as_ref())?);
+            let spec = spec.as_ref();
+            if is_event_name(spec) {
+                n.counted
+                    .push(("ignore".into(), "--ignore".into(), spec.to_owned()));
+            } else {
+                n.rules.push(Rule::parse("ignore", "--ignore", spec)?);
+            }
         }
         Ok(n)
     }
 
     /// No rules at all: compare everything.
     pub fn none() -> Normalizer {
-        Normalizer { rules: Vec::new() }
+        Normalizer {
+            rules: Vec::new(),
+            counted: Vec::new(),
+        }
+    }
+
+    /// The rule that makes the number of `event` volatile, if one does: its name and why.
+    pub fn counted_event(&self, event: &str) -> Option<(&str, &str)> {
+        self.counted
+            .iter()
+            .find(|(_, _, e)| e == event)
+            .map(|(n, w, _)| (n.as_str(), w.as_str()))
     }
 
     /// The rules, for reports and documentation.
@@ -211,30 +342,50 @@ fn walk(left: &Value, right: &Value, path: &mut String, out: &mut Vec<Difference
                 path.push_str(k);
                 match b.get(k) {
                     Some(vb) => walk(va, vb, path, out),
-                    None => out.push(Difference { path: path.clone(), left: Some(va.clone()), right: None }),
+                    None => out.push(Difference {
+                        path: path.clone(),
+                        left: Some(va.clone()),
+                        right: None,
+                    }),
                 }
                 path.truncate(len);
             }
             for (k, vb) in b {
                 if !a.contains_key(k) {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    out.push(Difference { path: p, left: None, right: Some(vb.clone()) });
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    out.push(Difference {
+                        path: p,
+                        left: None,
+                        right: Some(vb.clone()),
+                    });
                 }
             }
         }
         (Value::Array(a), Value::Array(b)) => {
             for i in 0..a.len().max(b.len()) {
                 let len = path.len();
-                path.push_str(&format!("[{i}]"));
+                let _ = write!(path, "[{i}]");
                 match (a.get(i), b.get(i)) {
                     (Some(x), Some(y)) => walk(x, y, path, out),
-                    (x, y) => out.push(Difference { path: path.clone(), left: x.cloned(), right: y.cloned() }),
+                    (x, y) => out.push(Difference {
+                        path: path.clone(),
+                        left: x.cloned(),
+                        right: y.cloned(),
+                    }),
                 }
                 path.truncate(len);
             }
         }
         (a, b) if a == b => {}
-        (a, b) => out.push(Difference { path: path.clone(), left: Some(a.clone()), right: Some(b.clone()) }),
+        (a, b) => out.push(Difference {
+            path: path.clone(),
+            left: Some(a.clone()),
+            right: Some(b.clone()),
+        }),
     }
 }
 
@@ -245,36 +396,76 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::many_single_char_names)] // a, b, c, d: the values compared
     fn default_rules_mask_volatile_values_only() {
         let n = Normalizer::default();
         let a = json!({"return": {"status": "active", "total-time": 403, "ram": {"transferred": 5, "total": 9}}, "id": "a"});
         let b = json!({"return": {"status": "active", "total-time": 800, "ram": {"transferred": 7, "total": 9}}, "id": 12});
-        assert_eq!(n.normalized(Some("query-migrate"), &a), n.normalized(Some("query-migrate"), &b));
+        assert_eq!(
+            n.normalized(Some("query-migrate"), &a),
+            n.normalized(Some("query-migrate"), &b)
+        );
         let c = json!({"return": {"status": "completed", "total-time": 1, "ram": {}}, "id": "a"});
-        let d = differences(&n.normalized(Some("query-migrate"), &a), &n.normalized(Some("query-migrate"), &c));
+        let d = differences(
+            &n.normalized(Some("query-migrate"), &a),
+            &n.normalized(Some("query-migrate"), &c),
+        );
         let paths: Vec<&str> = d.iter().map(|d| d.path.as_str()).collect();
-        assert_eq!(paths, ["return.status", "return.ram.transferred", "return.ram.total"]);
+        assert_eq!(
+            paths,
+            [
+                "return.status",
+                "return.ram.transferred",
+                "return.ram.total"
+            ]
+        );
         // Rules are scoped: another command's total-time is compared.
-        assert_ne!(n.normalized(Some("query-x"), &a), n.normalized(Some("query-x"), &b));
+        assert_ne!(
+            n.normalized(Some("query-x"), &a),
+            n.normalized(Some("query-x"), &b)
+        );
     }
 
     #[test]
     fn ignore_paths_parse_and_apply() {
-        let n = Normalizer::with_ignores(&["BLOCK_JOB_COMPLETED:data.offset", "return[].fds[].fd", "data.*"]).unwrap();
+        let n = Normalizer::with_ignores(&[
+            "BLOCK_JOB_COMPLETED:data.offset",
+            "return[].fds[].fd",
+            "data.*",
+        ])
+        .unwrap();
         let mut v = json!({"return": [{"fds": [{"fd": 3}, {"fd": 4}], "fdset-id": 1}]});
         n.normalize(None, &mut v);
-        assert_eq!(v, json!({"return": [{"fds": [{"fd": "<ignore>"}, {"fd": "<ignore>"}], "fdset-id": 1}]}));
+        assert_eq!(
+            v,
+            json!({"return": [{"fds": [{"fd": "<ignore>"}, {"fd": "<ignore>"}], "fdset-id": 1}]})
+        );
         for bad in ["", ":x", "a..b", "x[", "x[]]"] {
             assert!(Rule::parse("t", "t", bad).is_err(), "{bad}");
         }
         assert_eq!(Normalizer::default().rules().len(), DEFAULT_RULES.len());
+        let n = Normalizer::with_ignores(&["BLOCK_JOB_READY"]).unwrap();
+        assert_eq!(
+            n.counted_event("BLOCK_JOB_READY"),
+            Some(("ignore", "--ignore"))
+        );
+        assert_eq!(
+            n.counted_event("MIGRATION_PASS").map(|r| r.0),
+            Some("migration-passes")
+        );
+        assert_eq!(n.counted_event("STOP"), None);
     }
 
     #[test]
     fn differences_have_paths() {
-        let d = differences(&json!({"a": [1, {"b": 2}], "c": 1}), &json!({"a": [1, {"b": 3}, 4], "d": 1}));
-        let got: Vec<(&str, Option<Value>, Option<Value>)> =
-            d.iter().map(|d| (d.path.as_str(), d.left.clone(), d.right.clone())).collect();
+        let d = differences(
+            &json!({"a": [1, {"b": 2}], "c": 1}),
+            &json!({"a": [1, {"b": 3}, 4], "d": 1}),
+        );
+        let got: Vec<(&str, Option<Value>, Option<Value>)> = d
+            .iter()
+            .map(|d| (d.path.as_str(), d.left.clone(), d.right.clone()))
+            .collect();
         assert_eq!(
             got,
             [

@@ -6,4 +6,5 @@ mod checker;
 mod notation_manual;
 mod qapi_schema;
 mod record;
+mod replay;
 mod util;

@@ -62,9 +62,50 @@ pub enum Command {
     ///
     /// Exit status: 0 no errors (warnings allowed), 1 errors found, 2 could not run.
     Check(CheckArgs),
+    /// Replay the client side of a capture against a live monitor and compare every reply and
+    /// event with the recording.
+    ///
+    /// Each recorded connection is replayed in turn (a QEMU monitor serves one client at a
+    /// time). Before each client message, the server messages that preceded it in the
+    /// recording must have arrived (its reply, the events the client had seen), each wait
+    /// bounded by --timeout. Messages are sent byte for byte; one that carried file
+    /// descriptors gets as many substitutes opened on /dev/null, so getfd and add-fd work.
+    /// Replies and events are compared after normalisation (event timestamps, ids, migration
+    /// counters and times, job progress, fd numbers, the package string; add rules with
+    /// --ignore).
+    ///
+    /// Exit status: 0 everything matched, 1 differences, 2 could not run.
+    Replay(ReplayArgs),
     /// Inspect, compare and export QMP schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The capture to replay.
+    #[arg(value_name = "CAPTURE")]
+    pub capture: PathBuf,
+    /// The monitor to replay against: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub target: String,
+    /// Only these recorded connections (repeatable, or comma-separated).
+    #[arg(long = "conn", value_name = "N", value_delimiter = ',')]
+    pub conns: Vec<u64>,
+    /// asap (as fast as causality allows), recorded (the recorded gaps), or xN (the recorded
+    /// gaps divided by N).
+    #[arg(long, value_name = "PACE", default_value = "asap")]
+    pub pace: String,
+    /// Longest wait, in seconds, for any one expected reply or event.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Also ignore this value: [NAME:]PATH, NAME a command or event, PATH dotted members with
+    /// * (any member or element) and [] (every element), e.g. query-jobs:return[].status.
+    #[arg(long = "ignore", value_name = "NAME:PATH")]
+    pub ignores: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

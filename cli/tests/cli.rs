@@ -361,3 +361,62 @@ fn tcp_listens_on_loopback_by_default() {
     signal(&child, "TERM");
     assert!(wait_exit(&mut child).success());
 }
+
+#[test]
+fn replay_reports_matches_and_differences_with_its_exit_status() {
+    let dir = TempDir::new("replay");
+    let capture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../captures/errors-fds-oob.jsonl"
+    );
+    let same = dir.path("same.sock");
+    let _same = qemu(&same);
+    let out = Command::new(BIN)
+        .args(["replay", capture, "--target"])
+        .arg(format!("unix:{}", same.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.ends_with("everything matched\n"), "{text}");
+    // The same session against a QEMU with a name: query-name's replies differ, nothing else.
+    let named = dir.path("named.sock");
+    let _named = Killed(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-name",
+                "guest7",
+                "-qmp",
+            ])
+            .arg(format!("unix:{},server=on,wait=off", named.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !named.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new(BIN)
+        .args(["replay", capture, "--format", "json", "--target"])
+        .arg(format!("unix:{}", named.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let differing: Vec<&str> = report["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["differing"].as_array().unwrap())
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(differing, ["query-name"; 5], "{report}");
+}

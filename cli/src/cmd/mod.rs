@@ -2,6 +2,7 @@
 
 mod check;
 mod record;
+mod replay;
 mod schema;
 mod show;
 
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show(args) => show::run(&args, cli.global.color),
         Command::Check(args) => check::run(&args, cli.global.color),
         Command::Schema(cmd) => schema::run(&cmd),
+        Command::Replay(args) => replay::run(&args, cli.global.color),
     }
 }
 

@@ -1,0 +1,240 @@
+//! Replay against real QEMU processes started the way the recordings were made: the bundled
+//! captures replay with no difference, and a changed QEMU command line shows up as exactly the
+//! replies it changes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use qmptap::addr::Addr;
+use qmptap::normalize::Normalizer;
+use qmptap::replay::Pace;
+use qmptap::replay::client::{Options, Report, replay};
+
+use crate::util::{Client, Proxy, Qemu, TempDir, wait_for_socket};
+
+fn capture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures")
+        .join(name)
+}
+
+fn options(target: &Path) -> Options {
+    Options {
+        target: Addr::Unix(target.to_owned()),
+        conns: Vec::new(),
+        pace: Pace::Asap,
+        timeout: Duration::from_secs(20),
+        normalizer: Normalizer::default(),
+    }
+}
+
+fn assert_clean(report: &Report) {
+    assert!(report.is_clean(), "{report:#?}");
+    assert!(report.connections.iter().all(|c| c.matched > 0));
+}
+
+/// The recorded paths of a capture's files: replay sends the same bytes, so the fresh
+/// processes must find their files where the recorded ones did.
+fn recorded_dir(capture_name: &str, command: &str, pointer: &str) -> PathBuf {
+    let text = std::fs::read_to_string(capture(capture_name)).unwrap();
+    let value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["name"] == command)
+        .unwrap_or_else(|| panic!("no {command} in {capture_name}"));
+    let path = value["json"]
+        .pointer(pointer)
+        .and_then(|v| v.as_str())
+        .unwrap();
+    PathBuf::from(path.trim_start_matches("unix:"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Killed {
+    Killed(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a QEMU process (apt-get install qemu-system-x86)"),
+    )
+}
+
+#[test]
+fn the_errors_capture_replays_clean_against_a_fresh_qemu() {
+    let dir = TempDir::new("replay-errors");
+    let qemu = Qemu::start(&dir);
+    assert_clean(&replay(&capture("errors-fds-oob.jsonl"), &options(&qemu.socket)).unwrap());
+}
+
+#[test]
+fn the_migration_capture_replays_clean_against_two_fresh_qemus() {
+    let dir = TempDir::new("replay-migration");
+    let mig_dir = recorded_dir("migration.jsonl", "migrate", "/arguments/uri");
+    std::fs::create_dir_all(&mig_dir).unwrap();
+    let _ = std::fs::remove_file(mig_dir.join("mig.sock"));
+    let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
+    let base = [
+        "-machine",
+        "pc,accel=tcg",
+        "-m",
+        "128",
+        "-nodefaults",
+        "-display",
+        "none",
+    ];
+    let _dst = spawn(
+        Command::new("qemu-system-x86_64")
+            .args(base)
+            .args(["-qmp", &qmp("dst.sock")])
+            .arg("-incoming")
+            .arg(format!("unix:{}", mig_dir.join("mig.sock").display())),
+    );
+    let _src = spawn(
+        Command::new("qemu-system-x86_64")
+            .args(base)
+            .args(["-qmp", &qmp("src.sock")]),
+    );
+    wait_for_socket(&dir.path("src.sock"));
+    wait_for_socket(&mig_dir.join("mig.sock"));
+    // Recorded pace: the polls see the migration as it progresses, as they did.
+    let mut o = options(&dir.path("src.sock"));
+    o.pace = Pace::Scaled(1.0);
+    assert_clean(&replay(&capture("migration.jsonl"), &o).unwrap());
+}
+
+#[test]
+fn the_block_mirror_capture_replays_clean_against_a_fresh_storage_daemon() {
+    let dir = TempDir::new("replay-mirror");
+    let images = recorded_dir(
+        "block-mirror.jsonl",
+        "blockdev-add",
+        "/arguments/file/filename",
+    );
+    std::fs::create_dir_all(&images).unwrap();
+    let run = |cmd: &mut Command| {
+        assert!(
+            cmd.status()
+                .expect("qemu-img and qemu-io (apt-get install qemu-utils)")
+                .success()
+        );
+    };
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(images.join("src.qcow2"))
+        .arg("64M"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x55 0 32M"])
+        .arg(images.join("src.qcow2"))
+        .stdout(Stdio::null()));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(images.join("tgt.qcow2"))
+        .arg("64M"));
+    let socket = dir.path("qsd.sock");
+    let _qsd = spawn(
+        Command::new("qemu-storage-daemon")
+            .arg("--chardev")
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=m",
+                socket.display()
+            ))
+            .args(["--monitor", "chardev=m"]),
+    );
+    wait_for_socket(&socket);
+    let mut o = options(&socket);
+    o.pace = Pace::Scaled(1.0);
+    let report = replay(&capture("block-mirror.jsonl"), &o).unwrap();
+    let _ = std::fs::remove_dir_all(&images);
+    assert_clean(&report);
+}
+
+/// Record a session with a device, replay it against a QEMU without the device: exactly the
+/// replies that describe the device differ.
+#[test]
+fn a_device_left_out_shows_as_exactly_the_replies_that_differ() {
+    let dir = TempDir::new("replay-device");
+    let with_device = [
+        "-machine",
+        "pc,accel=tcg",
+        "-S",
+        "-device",
+        "virtio-rng-pci,id=rng0",
+    ];
+    let start = |extra: &[&str], name: &str| {
+        let socket = dir.path(name);
+        let child = spawn(
+            Command::new("qemu-system-x86_64")
+                .args(["-nodefaults", "-display", "none"])
+                .args(if extra.is_empty() {
+                    &["-machine", "pc,accel=tcg", "-S"][..]
+                } else {
+                    extra
+                })
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", socket.display())),
+        );
+        wait_for_socket(&socket);
+        (child, socket)
+    };
+    let (_recorded, socket) = start(&with_device, "recorded.sock");
+    let proxy = Proxy::start(&dir, Addr::Unix(socket));
+    let mut c = Client::connect(&proxy.listen);
+    c.negotiate();
+    for cmd in [
+        r#"{"execute": "query-status"}"#,
+        r#"{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/rng0", "property": "type"}}"#,
+        r#"{"execute": "query-name"}"#,
+    ] {
+        c.execute(cmd);
+    }
+    drop(c.stream.shutdown(std::net::Shutdown::Write));
+    while c.next_frame().is_some() {}
+    drop(proxy.stop());
+    let recording = dir.path("capture.jsonl");
+
+    let (_same, same) = start(&with_device, "same.sock");
+    assert_clean(&replay(&recording, &options(&same)).unwrap());
+
+    let (_without, without) = start(&[], "without.sock");
+    let report = replay(&recording, &options(&without)).unwrap();
+    let c = &report.connections[0];
+    let differing: Vec<&str> = c
+        .differing
+        .iter()
+        .map(|d| d.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(differing, ["qom-list", "qom-get"], "{report:#?}");
+    // qom-list lost exactly the device's entry; qom-get an error instead of the type.
+    let lost: Vec<String> = c.differing[0]
+        .differences
+        .iter()
+        .filter_map(|d| d.left.as_ref().map(ToString::to_string))
+        .collect();
+    assert!(
+        lost.iter().all(|v| v.contains("rng0")) && !lost.is_empty(),
+        "{lost:?}"
+    );
+    let paths: Vec<&str> = c.differing[1]
+        .differences
+        .iter()
+        .map(|d| d.path.as_str())
+        .collect();
+    assert_eq!(paths, ["return", "error"]);
+    assert!(
+        c.missing.is_empty() && c.unexpected.is_empty(),
+        "{report:#?}"
+    );
+}
