@@ -99,8 +99,10 @@ pub struct ReplayArgs {
     /// Longest wait, in seconds, for any one expected reply or event.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub timeout: f64,
-    /// Also ignore this value: [NAME:]PATH, NAME a command or event, PATH dotted members with
-    /// * (any member or element) and [] (every element), e.g. query-jobs:return[].status.
+    /// Also ignore this value: NAME:PATH or PATH, NAME a command or event, PATH dotted
+    /// members with * (any member or element) and [] (every element), e.g.
+    /// query-jobs:return[].status; or an event name alone (MIGRATION_PASS) to ignore how many
+    /// of that event come.
     #[arg(long = "ignore", value_name = "NAME:PATH")]
     pub ignores: Vec<String>,
     /// Output format.
