@@ -3,6 +3,8 @@
 #   scripts/bench.sh            all benchmarks
 #   scripts/bench.sh proxy      the proxy against a direct connection and socat
 #   scripts/bench.sh wire       the decoder against serde_json
+#   scripts/bench.sh check      the schema checker (and serde_json parsing) and schema loading
+#   scripts/bench.sh replay     replay against a plain client, both on a real QEMU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -12,4 +14,10 @@ if [[ $what == all || $what == proxy ]]; then
 fi
 if [[ $what == all || $what == wire ]]; then
   cargo bench --bench wire -- --warm-up-time 1 --measurement-time 3
+fi
+if [[ $what == all || $what == check ]]; then
+  cargo bench --bench check -- --warm-up-time 1 --measurement-time 3
+fi
+if [[ $what == all || $what == replay ]]; then
+  cargo bench --bench replay
 fi
