@@ -410,10 +410,12 @@ impl Decoder {
                         b.is_ascii_digit()
                     }
                 };
-                // A two-byte number may be "0" or "-0" waiting for its next byte, where a digit
-                // is an error rather than a continuation: always look again.
+                // A number seen so far as "0" or "-0" ends in an error at its next digit rather
+                // than continuing: while what was already seen is that short, always look
+                // again (measured on what was seen before, not with the new bytes: "0" then
+                // "30" must not wait as a three-digit number).
                 let may_end = cap - start > max
-                    || (!keyword && cap - start <= 2)
+                    || (!keyword && checked - start <= 2)
                     || !self.buf[checked..cap].iter().all(continues);
                 if !may_end {
                     self.partial = Some(Partial::Other {
@@ -587,6 +589,33 @@ impl Decoder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzzer: "0" waiting at the end of one chunk, "30" in the next. QEMU's lexer
+    /// fails at the '3' (a leading zero takes no digits), however the bytes are split.
+    #[test]
+    fn leading_zero_then_digits_split_across_chunks() {
+        let whole = {
+            let mut d = Decoder::new();
+            let mut out = Vec::new();
+            d.feed(b"[030", &mut out);
+            out.extend(d.finish());
+            out
+        };
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        for chunk in [&b"["[..], b"0", b"30"] {
+            d.feed(chunk, &mut out);
+        }
+        out.extend(d.finish());
+        assert_eq!(out, whole);
+        assert_eq!(
+            whole[0].kind,
+            FrameKind::Invalid {
+                offending: b'3',
+                at: 2
+            }
+        );
+    }
 
     fn message(bytes: &[u8], offset: u64) -> Frame {
         Frame {
