@@ -7,4 +7,5 @@ mod notation_manual;
 mod qapi_schema;
 mod record;
 mod replay;
+mod serve;
 mod util;

@@ -79,6 +79,23 @@ pub enum Command {
     /// Inspect, compare and export QMP schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Act as a QMP server (a mock QEMU) that answers clients from a capture.
+    ///
+    /// Each client gets the recorded greeting; QEMU's protocol rules (negotiation, input
+    /// checks, parse errors) are enforced with QEMU's error texts; every other command is
+    /// answered with the recorded reply whose command name and normalised arguments match
+    /// (first recorded first, across all connections), with the client's own id, followed
+    /// or preceded by the events recorded with it. A command with no recorded reply gets an
+    /// error naming the nearest recorded command. File descriptors clients send are closed.
+    ///
+    /// Prints "qmptap: serving CAPTURE on ADDR" on stderr once listening; runs until SIGTERM
+    /// or SIGINT (or, with --once, until the first client has gone), then prints a report:
+    /// interactions answered, misses, recorded interactions never used (with capture lines).
+    ///
+    /// Exit status: 0 served; 1 with --require-all when a recorded interaction was left
+    /// unused or a command missed; 2 could not run (bad arguments, unreadable capture,
+    /// cannot listen).
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +125,61 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+// Independent command-line flags are bools by nature.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The capture whose server side to play.
+    #[arg(value_name = "CAPTURE")]
+    pub capture: PathBuf,
+    /// Where clients connect: unix:PATH or tcp:HOST:PORT (HOST defaults to 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// Mode of the listening UNIX socket file, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0600")]
+    pub socket_mode: String,
+    /// Answer with the next unused recorded interaction in recorded order (across the whole
+    /// capture) only; any other command is a miss.
+    #[arg(long, help_heading = "Matching")]
+    pub strict_order: bool,
+    /// A command whose recorded replies are all used gets the last one used again instead of
+    /// missing (polling loops, load tests).
+    #[arg(long, help_heading = "Matching")]
+    pub reuse: bool,
+    /// Mask a volatile value when matching arguments, as NAME:PATH or PATH (repeatable), e.g.
+    /// migrate:arguments.uri; added to the built-in rules.
+    #[arg(long = "ignore", value_name = "NAME:PATH", help_heading = "Matching")]
+    pub ignores: Vec<String>,
+    /// On a command with no recorded reply: answer with an error naming the nearest recorded
+    /// command, or close the connection.
+    #[arg(long, value_enum, default_value_t = OnMiss::Error, value_name = "ACTION", help_heading = "Matching")]
+    pub on_miss: OnMiss,
+    /// When to send replies and events: asap, recorded (the recorded delays), or xN (the
+    /// recorded delays at N times the speed: x2 twice as fast, x0.5 half as fast).
+    #[arg(
+        long,
+        value_name = "PACE",
+        default_value = "asap",
+        help_heading = "Timing"
+    )]
+    pub pace: String,
+    /// Stop after the first client has disconnected.
+    #[arg(long, help_heading = "Timing")]
+    pub once: bool,
+    /// Exit with status 1 if any recorded interaction was left unused or any command missed.
+    #[arg(long, help_heading = "Report")]
+    pub require_all: bool,
+    /// Report format: text for people, or one JSON object.
+    #[arg(long, value_enum, default_value_t = Format::Text, help_heading = "Report")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnMiss {
+    Error,
+    Close,
 }
 
 #[derive(Debug, Args)]

@@ -420,3 +420,174 @@ fn replay_reports_matches_and_differences_with_its_exit_status() {
         .collect();
     assert_eq!(differing, ["query-name"; 5], "{report}");
 }
+
+/// QEMU's own Python client (`qemu.qmp`) drives `qmptap serve` through the recorded
+/// migration: negotiation (it enables oob by itself), the same commands, the recorded
+/// replies, and the MIGRATION events in their recorded order.
+#[test]
+fn serve_answers_qemu_qmp_like_the_recorded_qemu() {
+    let dir = TempDir::new("serve-qemu-qmp");
+    let socket = dir.path("serve.sock");
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../captures/migration.jsonl");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg(&capture)
+        .args(["--listen", &format!("unix:{}", socket.display())])
+        .args(["--once", "--require-all", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("qmptap: serving "), "unexpected: {line}");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let script = r#"
+import asyncio, json, sys
+from qemu.qmp import QMPClient
+
+async def main(path):
+    qmp = QMPClient("serve-test")
+    events = []
+    async def listen():
+        async for e in qmp.events:
+            events.append((e["event"], e.get("data", {})))
+    await qmp.connect(path)
+    task = asyncio.create_task(listen())
+    out = {"version": dict(qmp.greeting.QMP.version["qemu"])}
+    out["status"] = await qmp.execute("query-status")
+    await qmp.execute("migrate-set-capabilities",
+                      {"capabilities": [{"capability": "events", "state": True}]})
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": 200000})
+    uri = sys.argv[2]
+    out["migrate"] = await qmp.execute("migrate", {"uri": uri})
+    polls = []
+    while True:
+        info = await qmp.execute("query-migrate")
+        polls.append(info["status"])
+        if info["status"] == "completed":
+            break
+    out["polls"] = polls
+    out["final"] = (await qmp.execute("query-migrate"))["status"]
+    out["end"] = await qmp.execute("query-status")
+    await asyncio.sleep(0.2)
+    await qmp.disconnect()
+    task.cancel()
+    out["events"] = events
+    print(json.dumps(out))
+
+asyncio.run(main(sys.argv[1]))
+"#;
+    // The recorded migrate URI, which the arguments must match.
+    let uri = std::fs::read_to_string(&capture)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["name"] == "migrate" && v["dir"] == "c2s")
+                .then(|| v["json"]["arguments"]["uri"].as_str().unwrap().to_owned())
+        })
+        .unwrap();
+    let py = Command::new("python3")
+        .args(["-c", script])
+        .arg(&socket)
+        .arg(&uri)
+        .output()
+        .expect("python3 with qemu.qmp is required (see .ci/run)");
+    assert!(
+        py.status.success(),
+        "qemu.qmp client failed: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(
+        got["version"],
+        serde_json::json!({"micro": 22, "minor": 2, "major": 7})
+    );
+    assert_eq!(got["status"]["status"], "running");
+    assert_eq!(got["migrate"], serde_json::json!({}));
+    let polls: Vec<&str> = got["polls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(polls.len(), 9, "{polls:?}");
+    assert!(polls[..8].iter().all(|p| *p == "active"), "{polls:?}");
+    assert_eq!(got["final"], "completed");
+    assert_eq!(got["end"]["status"], "postmigrate");
+    let migration: Vec<&str> = got["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e[0] == "MIGRATION")
+        .map(|e| e[1]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(migration, ["setup", "active", "completed"]);
+    let passes = got["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e[0] == "MIGRATION_PASS")
+        .count();
+    assert_eq!(passes, 3);
+    // --once: the server stops when the client leaves; every recorded interaction was used.
+    let status = wait_exit(&mut child);
+    let mut report = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["unused"], serde_json::json!([]), "{report}");
+    assert_eq!(report["misses"], 0, "{report}");
+    assert_eq!(report["answered"], 16, "{report}");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn serve_require_all_fails_when_interactions_are_left() {
+    let dir = TempDir::new("serve-require-all");
+    let socket = dir.path("serve.sock");
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../captures/migration.jsonl");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg(&capture)
+        .args(["--listen", &format!("unix:{}", socket.display())])
+        .args(["--once", "--require-all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("qmptap: serving "), "unexpected: {line}");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let got = session(&socket);
+    assert!(
+        String::from_utf8_lossy(&got).contains(r#""status": "running""#),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(1));
+    let mut report = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    assert!(
+        report.contains("1 of 16 recorded interaction(s) used"),
+        "{report}"
+    );
+    assert!(
+        report.contains("line 8 conn 1 seq 5 migrate-set-capabilities"),
+        "{report}"
+    );
+}

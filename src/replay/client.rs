@@ -313,8 +313,12 @@ impl Live {
     /// substitutes (`/dev/null`, read-only), attached to its own bytes.
     fn send(&mut self, msg: &Msg) -> io::Result<()> {
         let mut bytes = msg.raw_bytes();
-        // A lone number or keyword is only complete once something follows it.
-        if bytes.last().is_some_and(u8::is_ascii_alphanumeric) && msg.frame.is_none() {
+        // Whitespace between messages is not recorded. A frame that only ends when something
+        // follows it gets a newline, which means nothing else to QEMU: a lone number or
+        // keyword, and a lexical error, whose recovery a control character ends.
+        if bytes.last().is_some_and(u8::is_ascii_alphanumeric) && msg.frame.is_none()
+            || msg.frame == Some(FrameError::Lexical)
+        {
             bytes.push(b'\n');
         }
         if msg.fds == 0 || !self.unix {

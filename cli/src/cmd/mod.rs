@@ -4,6 +4,7 @@ mod check;
 mod record;
 mod replay;
 mod schema;
+mod serve;
 mod show;
 
 use std::io::IsTerminal as _;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&args, cli.global.color),
         Command::Schema(cmd) => schema::run(&cmd),
         Command::Replay(args) => replay::run(&args, cli.global.color),
+        Command::Serve(args) => serve::run(&args),
     }
 }
 
