@@ -5,6 +5,7 @@
 #   scripts/bench.sh wire       the decoder against serde_json
 #   scripts/bench.sh check      the schema checker (and serde_json parsing) and schema loading
 #   scripts/bench.sh replay     replay against a plain client, both on a real QEMU
+#   scripts/bench.sh serve      the mock server against QEMU, pipelined
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -20,4 +21,7 @@ if [[ $what == all || $what == check ]]; then
 fi
 if [[ $what == all || $what == replay ]]; then
   cargo bench --bench replay
+fi
+if [[ $what == all || $what == serve ]]; then
+  cargo bench --bench serve
 fi
