@@ -53,13 +53,32 @@ impl Listener {
         }
     }
 
-    /// Accepts the next client.
+    /// Accepts the next client as the relay takes it (blocking mode, fds).
     pub async fn accept(&self) -> io::Result<Stream> {
+        Stream::from_accepted(self.accept_raw().await?)
+    }
+
+    /// Accepts the next client as a tokio stream (TCP with Nagle off: QMP messages are small
+    /// and latency matters more than packet count).
+    pub async fn accept_raw(&self) -> io::Result<Accepted> {
         match self {
-            Listener::Unix(l, _) => Stream::from_unix(l.accept().await?.0),
-            Listener::Tcp(l) => Stream::from_tcp(l.accept().await?.0),
+            Listener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok(Accepted::Tcp(s))
+            }
         }
     }
+}
+
+/// A client just accepted, before the proxy or the mock server takes it over.
+#[derive(Debug)]
+pub enum Accepted {
+    /// On a UNIX socket.
+    Unix(tokio::net::UnixStream),
+    /// On TCP.
+    Tcp(tokio::net::TcpStream),
 }
 
 impl Drop for Listener {

@@ -9,14 +9,12 @@ mod relay;
 pub mod stream;
 
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use listener::Listener;
+pub use listener::{Accepted, Listener};
 pub use relay::CHUNK;
 pub use stream::Stream;
 
@@ -88,42 +86,86 @@ pub async fn run(
     sink: &SinkHandle,
     shutdown: &Shutdown,
 ) -> Result<Summary, ProxyError> {
+    // Under `OnWriteError::Fail` a capture that cannot be written stops everything.
+    let watcher = {
+        let (sink, shutdown) = (sink.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if let Some(why) = sink.failed() {
+                    shutdown.stop_accepting.cancel();
+                    shutdown.close_all.cancel();
+                    return Some(why);
+                }
+            }
+        })
+    };
+    let accepted = accept_clients(listener, shutdown, false, |conn, client| {
+        serve(
+            conn,
+            client,
+            config.clone(),
+            sink.clone(),
+            shutdown.close_all.clone(),
+        )
+    })
+    .await;
+    watcher.abort();
+    if let Ok(Some(why)) = watcher.await {
+        return Err(ProxyError::CaptureFailed(why));
+    }
+    accepted
+        .map(|connections| Summary { connections })
+        .map_err(|source| ProxyError::Accept {
+            addr: config.listen.to_string(),
+            source,
+        })
+}
+
+/// Accepts clients until `shutdown.stop_accepting` fires (or after the first one when
+/// `once`), running `handle(number, client)` for each as its own task, numbered from 1, and
+/// retrying transient failures (out of descriptors, aborted connections). Then it drops the
+/// listener, so the socket file goes away, and waits until the connections have ended or
+/// `shutdown.close_all` has ended them. Returns how many clients were accepted.
+pub async fn accept_clients<F, Fut>(
+    listener: Listener,
+    shutdown: &Shutdown,
+    once: bool,
+    mut handle: F,
+) -> io::Result<u64>
+where
+    F: FnMut(u64, Accepted) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tasks = TaskTracker::new();
-    let next_conn = Arc::new(AtomicU64::new(1));
-    let listen_name = config.listen.to_string();
-    let mut failure_check = tokio::time::interval(Duration::from_millis(200));
+    let mut accepted = 0;
     let result = loop {
         tokio::select! {
             () = shutdown.stop_accepting.cancelled() => break Ok(()),
-            _ = failure_check.tick() => {
-                if let Some(why) = sink.failed() {
-                    shutdown.close_all.cancel();
-                    break Err(ProxyError::CaptureFailed(why));
-                }
-            }
-            accepted = listener.accept() => match accepted {
+            client = listener.accept_raw() => match client {
                 Ok(client) => {
-                    let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                    tasks.spawn(serve(conn, client, config.clone(), sink.clone(), shutdown.close_all.clone()));
+                    accepted += 1;
+                    tasks.spawn(handle(accepted, client));
+                    if once {
+                        break Ok(());
+                    }
                 }
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(cause = %e, "accept failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(source) => break Err(ProxyError::Accept { addr: listen_name.clone(), source }),
+                Err(e) => break Err(e),
             }
         }
     };
-    // Stop accepting: the socket file goes away now, connections go on.
     drop(listener);
     tasks.close();
     tokio::select! {
         () = tasks.wait() => {}
         () = shutdown.close_all.cancelled() => tasks.wait().await,
     }
-    result.map(|()| Summary {
-        connections: next_conn.load(Ordering::Relaxed) - 1,
-    })
+    result.map(|()| accepted)
 }
 
 fn is_transient(e: &io::Error) -> bool {
@@ -142,11 +184,18 @@ fn is_transient(e: &io::Error) -> bool {
 
 async fn serve(
     conn: u64,
-    client: Stream,
+    client: Accepted,
     config: Config,
     sink: SinkHandle,
     stop: CancellationToken,
 ) {
+    let client = match Stream::from_accepted(client) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(conn, cause = %e, "cannot take over an accepted client");
+            return;
+        }
+    };
     let peer = client.peer().clone();
     tracing::info!(conn, %peer, "client connected");
     sink.record(Record::Open(Open {

@@ -34,6 +34,14 @@ impl Stream {
         }
     }
 
+    /// Takes over a client just accepted.
+    pub fn from_accepted(client: super::Accepted) -> io::Result<Stream> {
+        match client {
+            super::Accepted::Unix(s) => Stream::from_unix(s),
+            super::Accepted::Tcp(s) => Stream::from_tcp(s),
+        }
+    }
+
     /// Takes over an accepted or connected UNIX stream.
     pub fn from_unix(stream: tokio::net::UnixStream) -> io::Result<Stream> {
         let peer = match stream.peer_cred() {

@@ -38,15 +38,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::io::Interest;
-use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::Pace;
 use crate::capture::{CaptureError, Dir, Located, Msg, Reader, Record, Time};
 use crate::normalize::{Normalizer, differences};
-use crate::proxy::{Listener, Shutdown};
+use crate::proxy::{Accepted, Listener, Shutdown, accept_clients};
 use crate::session::{Role, Tracker};
 use crate::wire::lexer::{self, Token};
 use crate::wire::{Decoder, Frame, FrameKind, Kind, LimitKind, Message};
@@ -810,45 +808,14 @@ pub async fn serve(
         opts,
         report: Mutex::new(ServeReport::default()),
     });
-    let tasks = TaskTracker::new();
-    let mut accepted: u64 = 0;
-    let result = loop {
-        let accept = async {
-            match &listener {
-                Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Sock::Unix(s)),
-                Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
-                    // Replies are small and latency matters more than packet count.
-                    let _ = s.set_nodelay(true);
-                    Sock::Tcp(s)
-                }),
-            }
-        };
-        tokio::select! {
-            () = shutdown.stop_accepting.cancelled() => break Ok(()),
-            r = accept => match r {
-                Ok(sock) => {
-                    accepted += 1;
-                    tasks.spawn(connection(accepted, sock, shared.clone(), shutdown.close_all.clone()));
-                    if once {
-                        break Ok(());
-                    }
-                }
-                Err(e) if is_transient(&e) => {
-                    tracing::warn!(cause = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(source) => break Err(ServeError::Accept { addr: addr.clone(), source }),
-            }
-        }
-    };
-    // Stop accepting (the socket file goes away); connections go on.
-    drop(listener);
-    tasks.close();
-    tokio::select! {
-        () = tasks.wait() => {}
-        () = shutdown.close_all.cancelled() => tasks.wait().await,
-    }
-    result?;
+    let accepted = accept_clients(listener, &shutdown, once, |conn, client| {
+        connection(conn, client, shared.clone(), shutdown.close_all.clone())
+    })
+    .await
+    .map_err(|source| ServeError::Accept {
+        addr: addr.clone(),
+        source,
+    })?;
     let mut report = shared
         .report
         .lock()
@@ -870,37 +837,20 @@ pub async fn serve(
     Ok(report)
 }
 
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::ECONNABORTED
-                | libc::EINTR
-        )
-    )
-}
-
-/// An accepted client socket.
-enum Sock {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
+/// An accepted client socket; the mock reads and writes it as a tokio stream.
+type Sock = Accepted;
 
 impl Sock {
     /// Reads bytes; on a UNIX socket any file descriptors that came with them are received
     /// and closed (counted in `fds`).
     async fn recv(&self, buf: &mut [u8], fds: &mut u64) -> io::Result<usize> {
         match self {
-            Sock::Unix(s) => {
+            Accepted::Unix(s) => {
                 let raw = s.as_raw_fd();
                 s.async_io(Interest::READABLE, || recv_closing_fds(raw, buf, fds))
                     .await
             }
-            Sock::Tcp(s) => loop {
+            Accepted::Tcp(s) => loop {
                 s.readable().await?;
                 match s.try_read(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -913,11 +863,11 @@ impl Sock {
     async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             let r = match self {
-                Sock::Unix(s) => {
+                Accepted::Unix(s) => {
                     s.writable().await?;
                     s.try_write(buf)
                 }
-                Sock::Tcp(s) => {
+                Accepted::Tcp(s) => {
                     s.writable().await?;
                     s.try_write(buf)
                 }

@@ -36,7 +36,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::model::{JsonType, Meta, Schema};
+use super::model::{BUILTIN_TYPES, JsonType, Meta, Schema};
 
 /// Deepest nesting followed into a value. Past it a [`Rule::TooDeep`] finding is reported and
 /// the value is not examined further.
@@ -361,26 +361,6 @@ struct AltTy {
     branches: Vec<Id>,
 }
 
-/// The builtin types by name, with the JSON type they are carried as. Used for builtin
-/// entities whose name is known, and for references to builtins a hand-made schema forgot.
-const BUILTIN_NAMES: &[(&str, JsonType)] = &[
-    ("str", JsonType::String),
-    ("number", JsonType::Number),
-    ("int", JsonType::Int),
-    ("int8", JsonType::Int),
-    ("int16", JsonType::Int),
-    ("int32", JsonType::Int),
-    ("int64", JsonType::Int),
-    ("uint8", JsonType::Int),
-    ("uint16", JsonType::Int),
-    ("uint32", JsonType::Int),
-    ("uint64", JsonType::Int),
-    ("size", JsonType::Int),
-    ("bool", JsonType::Boolean),
-    ("null", JsonType::Null),
-    ("any", JsonType::Value),
-];
-
 /// Integer types whose presence shows that the schema keeps integer widths (one compiled from
 /// QAPI sources); introspection collapses them all into `int`.
 const WIDTH_NAMES: &[&str] = &[
@@ -423,7 +403,7 @@ impl<'s> Checker<'s> {
     /// show up as [`Rule::SchemaError`] findings when a value meets them.
     pub fn new(schema: &'s Schema, policy: Policy) -> Checker<'s> {
         let mut b = Builder {
-            types: Vec::with_capacity(schema.entities.len() + BUILTIN_NAMES.len()),
+            types: Vec::with_capacity(schema.entities.len() + BUILTIN_TYPES.len()),
             ids: FxMap::default(),
             collapsed: schema.get("int").is_some()
                 && !WIDTH_NAMES.iter().any(|n| schema.get(n).is_some()),
@@ -433,7 +413,7 @@ impl<'s> Checker<'s> {
             let id = b.push(String::new(), Kind::Pending);
             b.ids.insert(name.as_str(), id);
         }
-        for &(name, json_type) in BUILTIN_NAMES {
+        for &(name, json_type) in BUILTIN_TYPES {
             if !b.ids.contains_key(name) {
                 let kind = b.builtin_kind(name, json_type);
                 let id = b.push(name.to_owned(), kind);
@@ -1310,7 +1290,7 @@ impl<'s> Builder<'s> {
 
     fn builtin_kind(&self, name: &str, json_type: JsonType) -> Kind<'s> {
         // A known name decides (it carries the integer width); otherwise the JSON type does.
-        let json_type = BUILTIN_NAMES
+        let json_type = BUILTIN_TYPES
             .iter()
             .find(|(n, _)| *n == name)
             .map_or(json_type, |&(_, t)| t);

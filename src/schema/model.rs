@@ -32,6 +32,25 @@ pub enum JsonType {
     Value,
 }
 
+/// QAPI's builtin types by name, with the JSON type each is carried as.
+pub const BUILTIN_TYPES: &[(&str, JsonType)] = &[
+    ("str", JsonType::String),
+    ("number", JsonType::Number),
+    ("int", JsonType::Int),
+    ("int8", JsonType::Int),
+    ("int16", JsonType::Int),
+    ("int32", JsonType::Int),
+    ("int64", JsonType::Int),
+    ("uint8", JsonType::Int),
+    ("uint16", JsonType::Int),
+    ("uint32", JsonType::Int),
+    ("uint64", JsonType::Int),
+    ("size", JsonType::Int),
+    ("bool", JsonType::Boolean),
+    ("null", JsonType::Null),
+    ("any", JsonType::Value),
+];
+
 /// A QAPI `if` condition: a configuration symbol, or all/any/not of conditions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]

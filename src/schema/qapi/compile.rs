@@ -10,26 +10,9 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Dict, Expr, Node, Pos, QapiError, Value};
-use crate::schema::model::{Cond, Entity, EnumValue, JsonType, Member, Meta, Schema, Variant};
-
-/// The builtin types and how JSON carries them.
-const BUILTINS: &[(&str, JsonType)] = &[
-    ("str", JsonType::String),
-    ("number", JsonType::Number),
-    ("int", JsonType::Int),
-    ("int8", JsonType::Int),
-    ("int16", JsonType::Int),
-    ("int32", JsonType::Int),
-    ("int64", JsonType::Int),
-    ("uint8", JsonType::Int),
-    ("uint16", JsonType::Int),
-    ("uint32", JsonType::Int),
-    ("uint64", JsonType::Int),
-    ("size", JsonType::Int),
-    ("bool", JsonType::Boolean),
-    ("null", JsonType::Null),
-    ("any", JsonType::Value),
-];
+use crate::schema::model::{
+    BUILTIN_TYPES, Cond, Entity, EnumValue, JsonType, Member, Meta, Schema, Variant,
+};
 
 /// The builtin enum of `QObject` types (used by alternates in C) and its values.
 const QTYPE: &str = "QType";
@@ -792,7 +775,7 @@ impl<'d> Compiler<'d> {
             work: 0,
             schema: Schema::default(),
         };
-        for &(name, json_type) in BUILTINS {
+        for &(name, json_type) in BUILTIN_TYPES {
             c.builtin(name, Kind::Builtin(json_type));
             c.schema
                 .insert(entity(name, Meta::Builtin { json_type }, None));
