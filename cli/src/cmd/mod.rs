@@ -60,6 +60,15 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// `text` in the ANSI colour `code` when `color` is on.
+pub fn paint(color: bool, code: &str, text: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
 /// Colour on stdout: as asked, or on a terminal unless NO_COLOR is set (no-color.org).
 pub fn use_color(choice: ColorChoice) -> bool {
     match choice {

@@ -51,13 +51,7 @@ pub fn run(args: &ReplayArgs, color: ColorChoice) -> Result<ExitCode> {
 }
 
 fn print(out: &mut impl std::io::Write, report: &Report, color: bool) -> std::io::Result<()> {
-    let paint = |code: &str, text: &str| {
-        if color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
-        }
-    };
+    let paint = |code: &str, text: &str| super::paint(color, code, text);
     writeln!(
         out,
         "replay of {} against {}",
