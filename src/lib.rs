@@ -15,6 +15,7 @@
 pub mod addr;
 pub mod audit;
 pub mod capture;
+pub mod diff;
 pub mod normalize;
 pub mod notation;
 pub mod proxy;

@@ -111,7 +111,9 @@ fn the_migration_capture_replays_clean_against_two_fresh_qemus() {
     // Recorded pace: the polls see the migration as it progresses, as they did.
     let mut o = options(&dir.path("src.sock"));
     o.pace = Pace::Scaled(1.0);
-    assert_clean(&replay(&capture("migration.jsonl"), &o).unwrap());
+    let report = replay(&capture("migration.jsonl"), &o).unwrap();
+    let _ = std::fs::remove_dir_all(&mig_dir);
+    assert_clean(&report);
 }
 
 #[test]

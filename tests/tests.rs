@@ -3,6 +3,7 @@
 
 mod check;
 mod checker;
+mod diff;
 mod notation_manual;
 mod qapi_schema;
 mod record;

@@ -76,6 +76,12 @@ pub enum Command {
     ///
     /// Exit status: 0 everything matched, 1 differences, 2 could not run.
     Replay(ReplayArgs),
+    /// Compare two captures: commands aligned (Myers) on command and normalised arguments,
+    /// replies of aligned commands compared structurally, events between commands compared
+    /// as multisets, all after the replay normaliser (add rules with --ignore).
+    ///
+    /// Exit status: 0 the same, 1 different, 2 could not run.
+    Diff(DiffArgs),
     /// Inspect, compare and export QMP schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -180,6 +186,23 @@ pub struct ServeArgs {
 pub enum OnMiss {
     Error,
     Close,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The first capture (shown as -).
+    #[arg(value_name = "A")]
+    pub a: PathBuf,
+    /// The second capture (shown as +).
+    #[arg(value_name = "B")]
+    pub b: PathBuf,
+    /// Also ignore this value: NAME:PATH or PATH (see replay --help), or an event name whose
+    /// number varies.
+    #[arg(long = "ignore", value_name = "NAME:PATH")]
+    pub ignores: Vec<String>,
+    /// Output: a unified-diff-like listing for people, or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! Turns parsed arguments into library calls.
 
 mod check;
+mod diff;
 mod record;
 mod replay;
 mod schema;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Schema(cmd) => schema::run(&cmd),
         Command::Replay(args) => replay::run(&args, cli.global.color),
         Command::Serve(args) => serve::run(&args),
+        Command::Diff(args) => diff::run(&args, cli.global.color),
     }
 }
 
