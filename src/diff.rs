@@ -193,6 +193,16 @@ fn align(a: &[Step], b: &[Step]) -> Vec<Entry> {
     let kb: Vec<&str> = b.iter().map(|s| s.key.as_str()).collect();
     let mut out = Vec::new();
     let request = |s: &Step| serde_json::from_str(&s.key).unwrap_or(Value::Null);
+    let only_a = |s: &Step| Entry::OnlyA {
+        name: s.name.clone(),
+        line: s.line,
+        request: request(s),
+    };
+    let only_b = |s: &Step| Entry::OnlyB {
+        name: s.name.clone(),
+        line: s.line,
+        request: request(s),
+    };
     for op in capture_diff_slices(Algorithm::Myers, &ka, &kb) {
         match op {
             DiffOp::Equal {
@@ -200,60 +210,22 @@ fn align(a: &[Step], b: &[Step]) -> Vec<Entry> {
                 new_index,
                 len,
             } => {
-                for k in 0..len {
-                    out.push(compare(&a[old_index + k], &b[new_index + k]));
-                }
+                out.extend((0..len).map(|k| compare(&a[old_index + k], &b[new_index + k])));
             }
             DiffOp::Delete {
                 old_index, old_len, ..
-            } => {
-                out.extend(
-                    a[old_index..old_index + old_len]
-                        .iter()
-                        .map(|s| Entry::OnlyA {
-                            name: s.name.clone(),
-                            line: s.line,
-                            request: request(s),
-                        }),
-                );
-            }
+            } => out.extend(a[old_index..old_index + old_len].iter().map(only_a)),
             DiffOp::Insert {
                 new_index, new_len, ..
-            } => {
-                out.extend(
-                    b[new_index..new_index + new_len]
-                        .iter()
-                        .map(|s| Entry::OnlyB {
-                            name: s.name.clone(),
-                            line: s.line,
-                            request: request(s),
-                        }),
-                );
-            }
+            } => out.extend(b[new_index..new_index + new_len].iter().map(only_b)),
             DiffOp::Replace {
                 old_index,
                 old_len,
                 new_index,
                 new_len,
             } => {
-                out.extend(
-                    a[old_index..old_index + old_len]
-                        .iter()
-                        .map(|s| Entry::OnlyA {
-                            name: s.name.clone(),
-                            line: s.line,
-                            request: request(s),
-                        }),
-                );
-                out.extend(
-                    b[new_index..new_index + new_len]
-                        .iter()
-                        .map(|s| Entry::OnlyB {
-                            name: s.name.clone(),
-                            line: s.line,
-                            request: request(s),
-                        }),
-                );
+                out.extend(a[old_index..old_index + old_len].iter().map(only_a));
+                out.extend(b[new_index..new_index + new_len].iter().map(only_b));
             }
         }
     }

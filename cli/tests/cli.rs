@@ -46,15 +46,15 @@ impl Drop for Killed {
 }
 
 fn qemu(socket: &Path) -> Killed {
+    qemu_with(socket, &[])
+}
+
+/// QEMU (`-machine none`) with `extra` options and its monitor at `socket`.
+fn qemu_with(socket: &Path, extra: &[&str]) -> Killed {
     let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-qmp",
-        ])
+        .args(["-machine", "none", "-nodefaults", "-display", "none"])
+        .args(extra)
+        .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", socket.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -381,29 +381,7 @@ fn replay_reports_matches_and_differences_with_its_exit_status() {
     assert!(text.ends_with("everything matched\n"), "{text}");
     // The same session against a QEMU with a name: query-name's replies differ, nothing else.
     let named = dir.path("named.sock");
-    let _named = Killed(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "none",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-name",
-                "guest7",
-                "-qmp",
-            ])
-            .arg(format!("unix:{},server=on,wait=off", named.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !named.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _named = qemu_with(&named, &["-name", "guest7"]);
     let out = Command::new(BIN)
         .args(["replay", capture, "--format", "json", "--target"])
         .arg(format!("unix:{}", named.display()))

@@ -1379,7 +1379,7 @@ fn write_qemu_json(v: &Value, out: &mut String) {
 }
 
 /// A string as QEMU's `to_json` quotes it: control characters and everything outside
-/// ASCII as `\uXXXX` (upper-case hex, surrogate pairs above the BMP).
+/// ASCII as `\u` and four upper-case hex digits (surrogate pairs above the BMP).
 fn qemu_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
