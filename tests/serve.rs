@@ -461,3 +461,19 @@ fn replay_against_serve_of_the_same_capture_matches_everything() {
         );
     }
 }
+
+/// QEMU answers garbage at the offending byte, while it goes on skipping what follows; a
+/// client that sends nothing more still gets its error, once.
+#[test]
+fn a_lexical_error_is_answered_at_once_and_once() {
+    let served = Served::start("errors-fds-oob.jsonl", ServeOptions::default());
+    let mut c = served.client();
+    c.negotiate();
+    c.send(b"GARBAGE");
+    let (err, _) = c.reply();
+    assert_eq!(err["error"]["desc"], "JSON parse error, stray 'G'");
+    // The end of recovery completes the same frame: no second answer for it.
+    c.send(b"\n{\"execute\": \"query-name\", \"id\": \"after\"}");
+    let (next, _) = c.reply();
+    assert_eq!(next["id"], "after", "{next}");
+}

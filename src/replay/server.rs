@@ -982,6 +982,8 @@ struct ConnState {
     negotiated: bool,
     oob: bool,
     offers_oob: bool,
+    /// Stream offset of the lexical error already answered while its recovery was running.
+    answered_error: Option<u64>,
 }
 
 enum Flow {
@@ -1002,6 +1004,7 @@ async fn connection(conn: u64, sock: Sock, shared: Arc<Shared>, close: Cancellat
         negotiated: false,
         oob: false,
         offers_oob: greeting.is_some_and(|g| g.offers_oob),
+        answered_error: None,
     };
     if let Some(g) = greeting {
         let mut bytes = g.json.clone().into_bytes();
@@ -1035,6 +1038,14 @@ async fn connection(conn: u64, sock: Sock, shared: Arc<Shared>, close: Cancellat
                 break;
             }
         }
+        // QEMU answers a lexical error at the offending byte, while it still skips what
+        // follows: so does the mock, without waiting for the frame to end.
+        if let Some((offset, bytes, at)) = decoder.recovering_from() {
+            if state.answered_error != Some(offset) {
+                state.answered_error = Some(offset);
+                lexical_error(&shared, &stray(bytes, at), &mut batch);
+            }
+        }
         for out in batch.items {
             if tx.send(out).await.is_err() {
                 break 'read;
@@ -1052,6 +1063,17 @@ async fn connection(conn: u64, sock: Sock, shared: Arc<Shared>, close: Cancellat
     tracing::info!(conn, fds_closed = fds, "client gone");
 }
 
+/// QEMU's answer to a lexical error.
+fn lexical_error(shared: &Shared, stray: &str, out: &mut Batch) {
+    shared.tally(|r| r.by_rule += 1);
+    error_reply(
+        None,
+        "GenericError",
+        &format!("JSON parse error, stray '{stray}'"),
+        out.now(),
+    );
+}
+
 /// Answers one client frame.
 fn on_frame(shared: &Shared, state: &mut ConnState, frame: &Frame, out: &mut Batch) -> Flow {
     let error = |out: &mut Batch, desc: &str| {
@@ -1061,10 +1083,10 @@ fn on_frame(shared: &Shared, state: &mut ConnState, frame: &Frame, out: &mut Bat
     match &frame.kind {
         FrameKind::Truncated => {}
         FrameKind::Invalid { at, .. } => {
-            error(
-                out,
-                &format!("JSON parse error, stray '{}'", stray(&frame.bytes, *at)),
-            );
+            // Unless it was answered while its recovery was still running.
+            if state.answered_error != Some(frame.offset + *at as u64) {
+                lexical_error(shared, &stray(&frame.bytes, *at), out);
+            }
         }
         FrameKind::Limit(limit) => error(
             out,

@@ -230,6 +230,26 @@ impl Decoder {
         }
     }
 
+    /// While the decoder skips input after a lexical error, as QEMU's lexer does in its
+    /// recovery state, the frame holding the error is not complete yet; QEMU has already
+    /// reported the error at the offending byte, though. This gives what a server imitating
+    /// QEMU needs to answer at that moment: the stream offset of the offending byte, the
+    /// frame's bytes so far, and the offending byte's index in them. `None` when not
+    /// recovering, or when the frame's start was already dropped (an oversized frame).
+    pub fn recovering_from(&self) -> Option<(u64, &[u8], usize)> {
+        if !self.recovering {
+            return None;
+        }
+        let pending = self.pending.as_ref()?;
+        if pending.spill.is_some() {
+            return None;
+        }
+        let (_, at) = pending.invalid?;
+        let start = offset_to_usize(pending.start.checked_sub(self.base)?);
+        let bytes = self.buf.get(start..self.pos.max(start))?;
+        (at < bytes.len()).then(|| (pending.start + at as u64, bytes, at))
+    }
+
     /// Bytes currently held (pending frame, partial token and unprocessed input).
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -589,6 +609,27 @@ impl Decoder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovering_from_points_at_the_offending_byte_until_recovery_ends() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.feed(b"{}GAR", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.recovering_from(), Some((2, &b"GAR"[..], 0)));
+        d.feed(b"BAGE", &mut out);
+        assert_eq!(d.recovering_from(), Some((2, &b"GARBAGE"[..], 0)));
+        d.feed(b"\n", &mut out);
+        assert_eq!(d.recovering_from(), None);
+        assert_eq!(
+            out[1].kind,
+            FrameKind::Invalid {
+                offending: b'G',
+                at: 0
+            }
+        );
+        assert_eq!(out[1].offset, 2);
+    }
 
     /// Found by the fuzzer: "0" waiting at the end of one chunk, "30" in the next. QEMU's lexer
     /// fails at the '3' (a leading zero takes no digits), however the bytes are split.
