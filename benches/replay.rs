@@ -155,6 +155,7 @@ fn main() {
         pace: Pace::Asap,
         timeout: Duration::from_secs(10),
         normalizer: Normalizer::default(),
+        rewrites: Vec::new(),
     };
     let (mut plain, mut replayed) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

@@ -26,6 +26,7 @@ fn options(target: &Path) -> Options {
         pace: Pace::Asap,
         timeout: Duration::from_secs(20),
         normalizer: Normalizer::default(),
+        rewrites: Vec::new(),
     }
 }
 
@@ -34,8 +35,8 @@ fn assert_clean(report: &Report) {
     assert!(report.connections.iter().all(|c| c.matched > 0));
 }
 
-/// The recorded paths of a capture's files: replay sends the same bytes, so the fresh
-/// processes must find their files where the recorded ones did.
+/// The directory a capture's recorded files were in (the recording scripts use a temporary
+/// one): replays rewrite it to their own.
 fn recorded_dir(capture_name: &str, command: &str, pointer: &str) -> PathBuf {
     let text = std::fs::read_to_string(capture(capture_name)).unwrap();
     let value = text
@@ -81,9 +82,8 @@ fn the_errors_capture_replays_clean_against_a_fresh_qemu() {
 #[test]
 fn the_migration_capture_replays_clean_against_two_fresh_qemus() {
     let dir = TempDir::new("replay-migration");
-    let mig_dir = recorded_dir("migration.jsonl", "migrate", "/arguments/uri");
-    std::fs::create_dir_all(&mig_dir).unwrap();
-    let _ = std::fs::remove_file(mig_dir.join("mig.sock"));
+    // The recording migrated to a socket in its own temporary directory: point it at ours.
+    let recorded = recorded_dir("migration.jsonl", "migrate", "/arguments/uri");
     let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
     let base = [
         "-machine",
@@ -99,7 +99,7 @@ fn the_migration_capture_replays_clean_against_two_fresh_qemus() {
             .args(base)
             .args(["-qmp", &qmp("dst.sock")])
             .arg("-incoming")
-            .arg(format!("unix:{}", mig_dir.join("mig.sock").display())),
+            .arg(format!("unix:{}", dir.path("mig.sock").display())),
     );
     let _src = spawn(
         Command::new("qemu-system-x86_64")
@@ -107,24 +107,23 @@ fn the_migration_capture_replays_clean_against_two_fresh_qemus() {
             .args(["-qmp", &qmp("src.sock")]),
     );
     wait_for_socket(&dir.path("src.sock"));
-    wait_for_socket(&mig_dir.join("mig.sock"));
+    wait_for_socket(&dir.path("mig.sock"));
     // Recorded pace: the polls see the migration as it progresses, as they did.
     let mut o = options(&dir.path("src.sock"));
     o.pace = Pace::Scaled(1.0);
-    let report = replay(&capture("migration.jsonl"), &o).unwrap();
-    let _ = std::fs::remove_dir_all(&mig_dir);
-    assert_clean(&report);
+    o.rewrites = vec![(recorded.display().to_string(), dir.0.display().to_string())];
+    assert_clean(&replay(&capture("migration.jsonl"), &o).unwrap());
 }
 
 #[test]
 fn the_block_mirror_capture_replays_clean_against_a_fresh_storage_daemon() {
     let dir = TempDir::new("replay-mirror");
-    let images = recorded_dir(
+    // The recording's images were in its own temporary directory: ours are in `dir`.
+    let recorded = recorded_dir(
         "block-mirror.jsonl",
         "blockdev-add",
         "/arguments/file/filename",
     );
-    std::fs::create_dir_all(&images).unwrap();
     let run = |cmd: &mut Command| {
         assert!(
             cmd.status()
@@ -134,15 +133,15 @@ fn the_block_mirror_capture_replays_clean_against_a_fresh_storage_daemon() {
     };
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
-        .arg(images.join("src.qcow2"))
+        .arg(dir.path("src.qcow2"))
         .arg("64M"));
     run(Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0x55 0 32M"])
-        .arg(images.join("src.qcow2"))
+        .arg(dir.path("src.qcow2"))
         .stdout(Stdio::null()));
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
-        .arg(images.join("tgt.qcow2"))
+        .arg(dir.path("tgt.qcow2"))
         .arg("64M"));
     let socket = dir.path("qsd.sock");
     let _qsd = spawn(
@@ -157,9 +156,8 @@ fn the_block_mirror_capture_replays_clean_against_a_fresh_storage_daemon() {
     wait_for_socket(&socket);
     let mut o = options(&socket);
     o.pace = Pace::Scaled(1.0);
-    let report = replay(&capture("block-mirror.jsonl"), &o).unwrap();
-    let _ = std::fs::remove_dir_all(&images);
-    assert_clean(&report);
+    o.rewrites = vec![(recorded.display().to_string(), dir.0.display().to_string())];
+    assert_clean(&replay(&capture("block-mirror.jsonl"), &o).unwrap());
 }
 
 /// Record a session with a device, replay it against a QEMU without the device: exactly the

@@ -446,6 +446,7 @@ fn replay_against_serve_of_the_same_capture_matches_everything() {
             pace: Pace::Asap,
             timeout: std::time::Duration::from_secs(10),
             normalizer: Normalizer::default(),
+            rewrites: Vec::new(),
         };
         let report = replay(&capture(name), &options).unwrap();
         assert!(report.is_clean(), "{name}: {report:#?}");

@@ -122,6 +122,11 @@ pub struct ReplayArgs {
     /// Longest wait, in seconds, for any one expected reply or event.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub timeout: f64,
+    /// Replace FROM with TO in every recorded message before sending or comparing it
+    /// (repeatable): where the fresh environment differs from the recorded one, e.g.
+    /// --rewrite /run/prod/vm1/=/tmp/test/vm1/ for socket and image paths.
+    #[arg(long = "rewrite", value_name = "FROM=TO")]
+    pub rewrites: Vec<String>,
     /// Also ignore this value: NAME:PATH or PATH, NAME a command or event, PATH dotted
     /// members with * (any member or element) and [] (every element), e.g.
     /// query-jobs:return[].status; or an event name alone (MIGRATION_PASS) to ignore how many

@@ -40,6 +40,30 @@ pub struct Options {
     pub timeout: Duration,
     /// What to mask before comparing.
     pub normalizer: Normalizer,
+    /// Text to replace in every recorded message, client and server side, before it is sent
+    /// or compared: `(from, to)`, e.g. a recorded socket or image path and where the fresh
+    /// environment has it.
+    pub rewrites: Vec<(String, String)>,
+}
+
+/// Applies the rewrites to a recorded message's bytes.
+fn rewrite(bytes: Vec<u8>, rewrites: &[(String, String)]) -> Vec<u8> {
+    let mut bytes = bytes;
+    for (from, to) in rewrites {
+        if from.is_empty() || !bytes.windows(from.len()).any(|w| w == from.as_bytes()) {
+            continue;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut rest = &bytes[..];
+        while let Some(i) = rest.windows(from.len()).position(|w| w == from.as_bytes()) {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(to.as_bytes());
+            rest = &rest[i + from.len()..];
+        }
+        out.extend_from_slice(rest);
+        bytes = out;
+    }
+    bytes
 }
 
 /// A recorded server message and what the replay got instead.
@@ -311,8 +335,8 @@ impl Live {
 
     /// Sends one recorded client frame; a frame that came with descriptors gets as many
     /// substitutes (`/dev/null`, read-only), attached to its own bytes.
-    fn send(&mut self, msg: &Msg) -> io::Result<()> {
-        let mut bytes = msg.raw_bytes();
+    fn send(&mut self, msg: &Msg, rewrites: &[(String, String)]) -> io::Result<()> {
+        let mut bytes = rewrite(msg.raw_bytes(), rewrites);
         // Whitespace between messages is not recorded. A frame that only ends when something
         // follows it gets a newline, which means nothing else to QEMU: a lone number or
         // keyword, and a lexical error, whose recovery a control character ends.
@@ -367,7 +391,7 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
                         std::thread::sleep(wait);
                     }
                 }
-                live.send(msg)?;
+                live.send(msg, &options.rewrites)?;
                 report.sent += 1;
                 if msg.frame == Some(FrameError::Truncated) {
                     break;
@@ -410,7 +434,16 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
                         }),
                     },
                     Some(actual) => {
-                        let expected = msg.value().unwrap_or(Value::Null);
+                        let expected = if options.rewrites.is_empty() {
+                            msg.value().unwrap_or(Value::Null)
+                        } else {
+                            let text = msg
+                                .json
+                                .as_ref()
+                                .map_or_else(Vec::new, |j| j.get().as_bytes().to_vec());
+                            serde_json::from_slice(&rewrite(text, &options.rewrites))
+                                .unwrap_or(Value::Null)
+                        };
                         let d = differences(
                             &options.normalizer.normalized(name.as_deref(), &expected),
                             &options
@@ -464,4 +497,26 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite;
+
+    #[test]
+    fn rewrites_every_occurrence_in_order() {
+        let rules = vec![
+            ("/tmp/rec".to_owned(), "/srv/t".to_owned()),
+            ("src".to_owned(), "a".to_owned()),
+        ];
+        let got = rewrite(
+            br#"{"f": "/tmp/rec/src.qcow2", "g": "/tmp/rec/x"}"#.to_vec(),
+            &rules,
+        );
+        assert_eq!(got, br#"{"f": "/srv/t/a.qcow2", "g": "/srv/t/x"}"#);
+        assert_eq!(
+            rewrite(b"abc".to_vec(), &[(String::new(), "x".to_owned())]),
+            b"abc"
+        );
+    }
 }

@@ -26,6 +26,14 @@ impl TryFrom<&ReplayArgs> for Options {
             pace: a.pace.parse()?,
             timeout: Duration::from_secs_f64(a.timeout),
             normalizer: Normalizer::with_ignores(&a.ignores)?,
+            rewrites: a
+                .rewrites
+                .iter()
+                .map(|r| match r.split_once('=') {
+                    Some((from, to)) if !from.is_empty() => Ok((from.to_owned(), to.to_owned())),
+                    _ => bail!("invalid --rewrite '{r}': expected FROM=TO with FROM not empty"),
+                })
+                .collect::<Result<_>>()?,
         })
     }
 }
