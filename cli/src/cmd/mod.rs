@@ -62,6 +62,14 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// A `--socket-mode` value: octal permission bits.
+pub fn socket_mode(text: &str) -> Result<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| anyhow::anyhow!("invalid --socket-mode '{text}': expected octal permission bits such as 0600 or 0660"))
+}
+
 /// `text` in the ANSI colour `code` when `color` is on.
 pub fn paint(color: bool, code: &str, text: &str) -> String {
     if color {

@@ -28,10 +28,7 @@ impl TryFrom<&RecordArgs> for Validated {
         if listen == upstream {
             bail!("--listen and --upstream are the same address '{listen}'");
         }
-        let socket_mode = u32::from_str_radix(a.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .with_context(|| format!("invalid --socket-mode '{}': expected octal permission bits such as 0600 or 0660", a.socket_mode))?;
+        let socket_mode = super::socket_mode(&a.socket_mode)?;
         if !a.grace.is_finite() || a.grace < 0.0 {
             bail!("invalid --grace '{}': expected seconds, 0 or more", a.grace);
         }

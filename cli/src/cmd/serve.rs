@@ -30,10 +30,7 @@ impl TryFrom<&ServeArgs> for Validated {
 
     fn try_from(a: &ServeArgs) -> Result<Validated> {
         let listen: Addr = a.listen.parse().context("--listen")?;
-        let socket_mode = u32::from_str_radix(a.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .with_context(|| format!("invalid --socket-mode '{}': expected octal permission bits such as 0600 or 0660", a.socket_mode))?;
+        let socket_mode = super::socket_mode(&a.socket_mode)?;
         let normalizer = Normalizer::with_ignores(&a.ignores)?;
         if a.strict_order && a.reuse {
             bail!(
