@@ -70,8 +70,13 @@ fn qemu_with(socket: &Path, extra: &[&str]) -> Killed {
 
 /// Starts `qmptap record` and waits for its "recording" line.
 fn record(args: &[&str], stdout: Stdio) -> Child {
+    start("record", args, stdout, "qmptap: recording ")
+}
+
+/// Starts `qmptap SUBCOMMAND ARGS` and waits for the line that says it is listening.
+fn start(subcommand: &str, args: &[&str], stdout: Stdio, ready: &str) -> Child {
     let mut child = Command::new(BIN)
-        .arg("record")
+        .arg(subcommand)
         .args(args)
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -80,7 +85,7 @@ fn record(args: &[&str], stdout: Stdio) -> Child {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("qmptap: recording "), "unexpected: {line}");
+    assert!(line.starts_with(ready), "unexpected: {line}");
     // Keep draining stderr so the child never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     child
@@ -407,20 +412,21 @@ fn serve_answers_qemu_qmp_like_the_recorded_qemu() {
     let dir = TempDir::new("serve-qemu-qmp");
     let socket = dir.path("serve.sock");
     let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../captures/migration.jsonl");
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg(&capture)
-        .args(["--listen", &format!("unix:{}", socket.display())])
-        .args(["--once", "--require-all", "--format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("qmptap: serving "), "unexpected: {line}");
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let listen = format!("unix:{}", socket.display());
+    let mut child = start(
+        "serve",
+        &[
+            capture.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--once",
+            "--require-all",
+            "--format",
+            "json",
+        ],
+        Stdio::piped(),
+        "qmptap: serving ",
+    );
     let script = r#"
 import asyncio, json, sys
 from qemu.qmp import QMPClient
@@ -531,20 +537,19 @@ fn serve_require_all_fails_when_interactions_are_left() {
     let dir = TempDir::new("serve-require-all");
     let socket = dir.path("serve.sock");
     let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../captures/migration.jsonl");
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg(&capture)
-        .args(["--listen", &format!("unix:{}", socket.display())])
-        .args(["--once", "--require-all"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("qmptap: serving "), "unexpected: {line}");
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let listen = format!("unix:{}", socket.display());
+    let mut child = start(
+        "serve",
+        &[
+            capture.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--once",
+            "--require-all",
+        ],
+        Stdio::piped(),
+        "qmptap: serving ",
+    );
     let got = session(&socket);
     assert!(
         String::from_utf8_lossy(&got).contains(r#""status": "running""#),

@@ -1,13 +1,12 @@
 //! `qmptap diff`.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use qmptap::diff::{self, Entry, Report};
 use qmptap::normalize::Normalizer;
 
-use crate::args::{ColorChoice, DiffArgs, Format};
+use crate::args::{ColorChoice, DiffArgs};
 
 pub fn run(args: &DiffArgs, color: ColorChoice) -> Result<ExitCode> {
     let normalizer = Normalizer::with_ignores(&args.ignores)?;
@@ -18,20 +17,7 @@ pub fn run(args: &DiffArgs, color: ColorChoice) -> Result<ExitCode> {
             args.b.display()
         )
     })?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match args.format {
-        Format::Json => {
-            serde_json::to_writer(&mut out, &report)?;
-            writeln!(out)?;
-        }
-        Format::Text => print(&mut out, &report, super::use_color(color))?,
-    }
-    Ok(if report.is_same() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(super::EXIT_FINDINGS)
-    })
+    super::emit(&report, args.format, color, report.is_same(), print)
 }
 
 fn print(out: &mut impl std::io::Write, report: &Report, color: bool) -> std::io::Result<()> {
@@ -95,19 +81,21 @@ fn print(out: &mut impl std::io::Write, report: &Report, color: bool) -> std::io
                         )
                     )?;
                     for d in differences {
-                        let show = |v: &Option<serde_json::Value>| {
-                            v.as_ref()
-                                .map_or_else(|| "(absent)".to_owned(), ToString::to_string)
-                        };
                         writeln!(
                             out,
                             "{}",
-                            paint("31", &format!("-     {}: {}", d.path, show(&d.left)))
+                            paint(
+                                "31",
+                                &format!("-     {}: {}", d.path, super::shown(d.left.as_ref()))
+                            )
                         )?;
                         writeln!(
                             out,
                             "{}",
-                            paint("32", &format!("+     {}: {}", d.path, show(&d.right)))
+                            paint(
+                                "32",
+                                &format!("+     {}: {}", d.path, super::shown(d.right.as_ref()))
+                            )
                         )?;
                     }
                 }

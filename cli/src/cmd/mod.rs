@@ -70,6 +70,36 @@ pub fn socket_mode(text: &str) -> Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("invalid --socket-mode '{text}': expected octal permission bits such as 0600 or 0660"))
 }
 
+/// Writes a report as one JSON line or as text for people, and returns the exit status:
+/// success when `clean`, else "findings".
+pub fn emit<R: serde::Serialize>(
+    report: &R,
+    format: crate::args::Format,
+    color: ColorChoice,
+    clean: bool,
+    text: impl FnOnce(&mut std::io::StdoutLock<'static>, &R, bool) -> std::io::Result<()>,
+) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match format {
+        crate::args::Format::Json => {
+            serde_json::to_writer(&mut out, report)?;
+            writeln!(out)?;
+        }
+        crate::args::Format::Text => text(&mut out, report, use_color(color))?,
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FINDINGS)
+    })
+}
+
+/// A JSON value for people, or `(absent)`.
+pub fn shown(value: Option<&serde_json::Value>) -> String {
+    value.map_or_else(|| "(absent)".to_owned(), ToString::to_string)
+}
+
 /// `text` in the ANSI colour `code` when `color` is on.
 pub fn paint(color: bool, code: &str, text: &str) -> String {
     if color {

@@ -1,6 +1,5 @@
 //! `qmptap replay`.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use qmptap::normalize::Normalizer;
 use qmptap::replay::client::{self, Options, Report};
 
-use crate::args::{ColorChoice, Format, ReplayArgs};
+use crate::args::{ColorChoice, ReplayArgs};
 
 impl TryFrom<&ReplayArgs> for Options {
     type Error = anyhow::Error;
@@ -42,20 +41,7 @@ pub fn run(args: &ReplayArgs, color: ColorChoice) -> Result<ExitCode> {
     let options = Options::try_from(args)?;
     let report = client::replay(&args.capture, &options)
         .with_context(|| format!("replaying '{}'", args.capture.display()))?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match args.format {
-        Format::Json => {
-            serde_json::to_writer(&mut out, &report)?;
-            writeln!(out)?;
-        }
-        Format::Text => print(&mut out, &report, super::use_color(color))?,
-    }
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(super::EXIT_FINDINGS)
-    })
+    super::emit(&report, args.format, color, report.is_clean(), print)
 }
 
 fn print(out: &mut impl std::io::Write, report: &Report, color: bool) -> std::io::Result<()> {
@@ -96,16 +82,12 @@ fn print(out: &mut impl std::io::Write, report: &Report, color: bool) -> std::io
                 what(d.kind, &d.name)
             )?;
             for diff in &d.differences {
-                let show = |v: &Option<serde_json::Value>| {
-                    v.as_ref()
-                        .map_or_else(|| "(absent)".to_owned(), ToString::to_string)
-                };
                 writeln!(
                     out,
                     "      {}: {} -> {}",
                     diff.path,
-                    paint("31", &show(&diff.left)),
-                    paint("32", &show(&diff.right))
+                    paint("31", &super::shown(diff.left.as_ref())),
+                    paint("32", &super::shown(diff.right.as_ref()))
                 )?;
             }
         }
