@@ -296,6 +296,66 @@ pub fn show(
 mod tests {
     use super::*;
 
+    fn msg(conn: u64, dir: Dir, kind: Kind, name: Option<&str>) -> Msg {
+        let json = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        Msg {
+            conn,
+            seq: 0,
+            t: Time(chrono::DateTime::UNIX_EPOCH),
+            dir,
+            kind,
+            name: name.map(str::to_owned),
+            fds: 0,
+            fds_dropped: 0,
+            frame: None,
+            at: None,
+            len: None,
+            json: Some(json),
+            text: None,
+            bytes_b64: None,
+        }
+    }
+
+    #[test]
+    fn filters_by_connection_direction_kind_and_name() {
+        let cmd = msg(2, Dir::C2s, Kind::Command, Some("query-status"));
+        let reply = msg(2, Dir::S2c, Kind::Return, None);
+        let answers = Role::Reply {
+            request_seq: 0,
+            request_id: None,
+            command: Some("query-status".into()),
+            latency_us: 5,
+        };
+        let event = msg(1, Dir::S2c, Kind::Event, Some("STOP"));
+        let everything = Filter::default();
+        assert!(everything.keeps(&cmd, &Role::Request) && everything.keeps(&event, &Role::Other));
+        let conn2 = Filter {
+            conns: vec![2],
+            ..Filter::default()
+        };
+        assert!(conn2.keeps(&cmd, &Role::Request) && !conn2.keeps(&event, &Role::Other));
+        let from_server = Filter {
+            dir: Some(Dir::S2c),
+            ..Filter::default()
+        };
+        assert!(
+            !from_server.keeps(&cmd, &Role::Request) && from_server.keeps(&event, &Role::Other)
+        );
+        let errors = Filter {
+            kinds: vec![Kind::Error, Kind::Event],
+            ..Filter::default()
+        };
+        assert!(errors.keeps(&event, &Role::Other) && !errors.keeps(&reply, &answers));
+        // A reply follows the command it answers.
+        let named = Filter {
+            names: vec!["query-*".into()],
+            ..Filter::default()
+        };
+        assert!(named.keeps(&cmd, &Role::Request) && named.keeps(&reply, &answers));
+        assert!(!named.keeps(&event, &Role::Other) && !named.keeps(&reply, &Role::UnpairedReply));
+        assert!(named.is_message_level() && !conn2.is_message_level());
+    }
+
     #[test]
     fn glob_matches_stars() {
         assert!(glob("query-*", "query-status"));
