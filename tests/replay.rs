@@ -75,7 +75,20 @@ fn spawn(cmd: &mut Command) -> Killed {
 #[test]
 fn the_errors_capture_replays_clean_against_a_fresh_qemu() {
     let dir = TempDir::new("replay-errors");
-    let qemu = Qemu::start(&dir);
+    let socket = dir.path("qmp.sock");
+    // Two more open files than at recording time: the fresh QEMU's `add-fd` hands out
+    // another descriptor number, which replay must carry into `remove-fd`.
+    let qemu = Qemu::start_with(
+        &socket,
+        &[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", socket.display()),
+            "-chardev",
+            "file,id=pad1,path=/dev/null",
+            "-chardev",
+            "file,id=pad2,path=/dev/null",
+        ],
+    );
     assert_clean(&replay(&capture("errors-fds-oob.jsonl"), &options(&qemu.socket)).unwrap());
 }
 

@@ -66,6 +66,60 @@ fn rewrite(bytes: Vec<u8>, rewrites: &[(String, String)]) -> Vec<u8> {
     bytes
 }
 
+/// Numbers the server hands out and the client passes back: `(command whose reply assigns
+/// them, member of its return, commands that take them, member of their arguments)`. A fresh
+/// QEMU may assign other numbers (its descriptor numbers depend on what else it has open), so
+/// replay learns each recorded-to-live pair from the reply and rewrites the later arguments.
+const HANDLES: &[(&str, &str, &[&str], &str)] = &[
+    ("add-fd", "fd", &["remove-fd"], "fd"),
+    ("add-fd", "fdset-id", &["remove-fd", "add-fd"], "fdset-id"),
+];
+
+/// The handles learnt so far: `(member, recorded) -> live`.
+#[derive(Debug, Default)]
+struct Handles(std::collections::HashMap<(&'static str, i64), i64>);
+
+impl Handles {
+    /// Learns from a reply to `command`: where the live return differs from the recorded one
+    /// at a handle member.
+    fn learn(&mut self, command: &str, recorded: &Value, live: &Value) {
+        for (producer, member, _, _) in HANDLES {
+            if *producer != command {
+                continue;
+            }
+            let get = |v: &Value| v.get("return")?.get(member)?.as_i64();
+            if let (Some(r), Some(l)) = (get(recorded), get(live)) {
+                if r != l {
+                    self.0.insert((member, r), l);
+                }
+            }
+        }
+    }
+
+    /// A recorded command's bytes with its handles replaced by the live ones, or `None` when
+    /// it uses none (and goes out byte for byte).
+    fn apply(&self, command: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut value: Value = serde_json::from_slice(bytes).ok()?;
+        let mut changed = false;
+        for (_, member, consumers, arg) in HANDLES {
+            if !consumers.contains(&command) {
+                continue;
+            }
+            let Some(slot) = value.get_mut("arguments").and_then(|a| a.get_mut(*arg)) else {
+                continue;
+            };
+            if let Some(live) = slot.as_i64().and_then(|r| self.0.get(&(*member, r))) {
+                *slot = Value::from(*live);
+                changed = true;
+            }
+        }
+        changed.then(|| value.to_string().into_bytes())
+    }
+}
+
 /// A recorded server message and what the replay got instead.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Differing {
@@ -335,8 +389,7 @@ impl Live {
 
     /// Sends one recorded client frame; a frame that came with descriptors gets as many
     /// substitutes (`/dev/null`, read-only), attached to its own bytes.
-    fn send(&mut self, msg: &Msg, rewrites: &[(String, String)]) -> io::Result<()> {
-        let mut bytes = rewrite(msg.raw_bytes(), rewrites);
+    fn send(&mut self, msg: &Msg, mut bytes: Vec<u8>) -> io::Result<()> {
         // Whitespace between messages is not recorded. A frame that only ends when something
         // follows it gets a newline, which means nothing else to QEMU: a lone number or
         // keyword, and a lexical error, whose recovery a control character ends.
@@ -380,6 +433,7 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
     let start = Instant::now();
     // Replies are named after their command: pair the recording once, as everywhere.
     let mut tracker = Tracker::new();
+    let mut handles = Handles::default();
     for (msg, line) in conn.messages.iter().zip(&conn.lines) {
         let role = tracker.observe_msg(msg);
         match msg.dir {
@@ -391,7 +445,12 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
                         std::thread::sleep(wait);
                     }
                 }
-                live.send(msg, &options.rewrites)?;
+                let bytes = rewrite(msg.raw_bytes(), &options.rewrites);
+                let bytes = match msg.name.as_deref() {
+                    Some(command) => handles.apply(command, &bytes).unwrap_or(bytes),
+                    None => bytes,
+                };
+                live.send(msg, bytes)?;
                 report.sent += 1;
                 if msg.frame == Some(FrameError::Truncated) {
                     break;
@@ -444,6 +503,9 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
                             serde_json::from_slice(&rewrite(text, &options.rewrites))
                                 .unwrap_or(Value::Null)
                         };
+                        if let Some(command) = &name {
+                            handles.learn(command, &expected, &actual.value);
+                        }
                         let d = differences(
                             &options.normalizer.normalized(name.as_deref(), &expected),
                             &options
@@ -501,7 +563,28 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
 
 #[cfg(test)]
 mod tests {
-    use super::rewrite;
+    use super::{Handles, Value, rewrite};
+
+    #[test]
+    fn handles_follow_the_live_numbers_into_later_arguments() {
+        let mut h = Handles::default();
+        let cmd = br#"{"execute":"remove-fd","arguments":{"fdset-id":1,"fd":12}}"#;
+        assert_eq!(h.apply("remove-fd", cmd), None, "nothing learnt yet");
+        h.learn(
+            "add-fd",
+            &serde_json::json!({"return": {"fd": 12, "fdset-id": 1}}),
+            &serde_json::json!({"return": {"fd": 14, "fdset-id": 1}}),
+        );
+        let sent = h.apply("remove-fd", cmd).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&sent).unwrap(),
+            serde_json::json!({"execute":"remove-fd","arguments":{"fdset-id":1,"fd":14}})
+        );
+        assert_eq!(
+            h.apply("query-fdsets", br#"{"execute":"query-fdsets"}"#),
+            None
+        );
+    }
 
     #[test]
     fn rewrites_every_occurrence_in_order() {
