@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod analyse;
 pub mod audit;
 pub mod capture;
 pub mod diff;
