@@ -6,6 +6,7 @@
 #   scripts/bench.sh check      the schema checker (and serde_json parsing) and schema loading
 #   scripts/bench.sh replay     replay against a plain client, both on a real QEMU
 #   scripts/bench.sh serve      the mock server against QEMU, pipelined
+#   scripts/bench.sh stats      `qmptap stats` on a 1 GiB capture against jq (SIZE_MB=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -24,4 +25,28 @@ if [[ $what == all || $what == replay ]]; then
 fi
 if [[ $what == all || $what == serve ]]; then
   cargo bench --bench serve
+fi
+if [[ $what == all || $what == stats ]]; then
+  cargo build --release -p qmptap-cli
+  size=${SIZE_MB:-1024}
+  big=${TMPDIR:-/tmp}/qmptap-large-${size}.jsonl
+  [[ -s $big ]] || python3 scripts/bench/large-capture.py "$big" "$size"
+  out=$(mktemp -d)
+  cat "$big" > /dev/null # both runs start from a warm page cache
+  /usr/bin/time -f '%e %M' -o "$out/qmptap.time" \
+    target/release/qmptap stats "$big" --format json > "$out/qmptap.json"
+  /usr/bin/time -f '%e %M' -o "$out/jq.time" \
+    jq -n -c 'reduce (inputs | select(.type == "msg" and .dir == "c2s" and .kind == "command") | .name) as $n ({}; .[$n] += 1)' \
+    "$big" > "$out/jq.json"
+  # The same per-command counts, or the comparison means nothing.
+  jq -S -c '[.commands[] | {(.command): .count}] | add' "$out/qmptap.json" > "$out/a"
+  jq -S -c . "$out/jq.json" > "$out/b"
+  cmp -s "$out/a" "$out/b" || { echo "per-command counts differ:"; diff "$out/a" "$out/b"; exit 1; }
+  read -r qs qk < "$out/qmptap.time"
+  read -r js jk < "$out/jq.time"
+  printf '%-14s %10s %14s\n' "" "seconds" "peak RSS (MiB)"
+  printf '%-14s %10s %14s\n' "qmptap stats" "$qs" "$((qk / 1024))"
+  printf '%-14s %10s %14s\n' "jq" "$js" "$((jk / 1024))"
+  echo "capture: $(du -m "$big" | cut -f1) MiB; qmptap is $(echo "scale=1; $js / $qs" | bc)x faster than jq"
+  rm -r "$out"
 fi

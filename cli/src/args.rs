@@ -82,6 +82,38 @@ pub enum Command {
     ///
     /// Exit status: 0 the same, 1 different, 2 could not run.
     Diff(DiffArgs),
+    /// Summarise captures: per command (count, errors, latency p50/p95/p99/max), per event
+    /// (count), per connection (peer, duration, messages, bytes).
+    ///
+    /// Streams: memory stays bounded whatever the size of the captures. Progress is shown on
+    /// stderr when it is a terminal.
+    ///
+    /// Exit status: 0 done, 2 could not run.
+    Stats(StatsArgs),
+    /// Show every job (mirror, backup, commit, stream, create, ...): type, each state with
+    /// the time it entered it and the time spent in it, progress from query-jobs, outcome
+    /// and error. Transitions QEMU's job state table does not allow are flagged.
+    ///
+    /// Exit status: 0 every job completed or is still running, 1 a job failed or made an
+    /// illegal transition, 2 could not run.
+    Jobs(JobsArgs),
+    /// Show each migration: status transitions with times, RAM passes, QEMU's final figures
+    /// (setup time, downtime, total time, transferred), convergence and stalls (remaining not
+    /// falling over --stall-polls polls), and a chart of transferred and remaining over time.
+    ///
+    /// Exit status: 0 every migration completed or is converging, 1 one failed, was
+    /// cancelled or stalled, 2 could not run.
+    Migration(MigrationArgs),
+    /// Export an analysis table as CSV, Parquet or NDJSON, with a leading `capture` column,
+    /// for DuckDB, Spark or polars.
+    ///
+    /// Tables: transactions (a row per command: sent, replied, latency, outcome, error
+    /// class, bytes each way), events (a row per event, data flattened into data.*
+    /// columns), jobs (per job, a row per state and per progress sample), migration (per
+    /// run, a row per status, pass and query-migrate sample).
+    ///
+    /// Exit status: 0 written, 2 could not run.
+    Export(ExportArgs),
     /// Inspect, compare and export QMP schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -191,6 +223,90 @@ pub struct ServeArgs {
 pub enum OnMiss {
     Error,
     Close,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Captures to summarise together.
+    #[arg(value_name = "CAPTURE", required = true)]
+    pub captures: Vec<PathBuf>,
+    /// Show only the N most sent commands (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub top: usize,
+    /// Output: tables for people, or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The capture.
+    pub capture: PathBuf,
+    /// Output: tables for people, or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationArgs {
+    /// The capture.
+    pub capture: PathBuf,
+    /// Call a migration stalled when remaining has not fallen for N polls.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub stall_polls: usize,
+    /// Chart size in columns and rows.
+    #[arg(long, value_name = "COLSxROWS", default_value = "72x14", value_parser = chart_size)]
+    pub chart: (u16, u16),
+    /// No chart.
+    #[arg(long)]
+    pub no_chart: bool,
+    /// Output: tables and a chart for people, or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+fn chart_size(text: &str) -> Result<(u16, u16), String> {
+    let err = || format!("invalid chart size '{text}': expected COLSxROWS, e.g. 72x14");
+    let (c, r) = text.split_once('x').ok_or_else(err)?;
+    let (c, r) = (
+        c.parse::<u16>().map_err(|_| err())?,
+        r.parse::<u16>().map_err(|_| err())?,
+    );
+    if c < 20 || r < 5 {
+        return Err(format!("chart size '{text}' is too small: at least 20x5"));
+    }
+    Ok((c, r))
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Captures to export (stacked, each row tagged with its capture).
+    #[arg(value_name = "CAPTURE", required = true)]
+    pub captures: Vec<PathBuf>,
+    /// The table.
+    #[arg(long, value_enum)]
+    pub table: ExportTable,
+    /// The file format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Write here instead of standard output (required for Parquet on a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportTable {
+    Transactions,
+    Events,
+    Jobs,
+    Migration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Parquet,
+    Ndjson,
 }
 
 #[derive(Debug, Args)]

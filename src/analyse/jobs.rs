@@ -361,6 +361,32 @@ impl JobBoard {
     }
 }
 
+/// A job as `qmptap jobs --format json` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport<'a> {
+    /// The job.
+    #[serde(flatten)]
+    pub job: &'a Job,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Microseconds per status, in order of first entry.
+    pub time_in_states: Vec<(String, i64)>,
+}
+
+impl JobBoard {
+    /// Every job's report; unfinished states count until `now`.
+    pub fn report(&self, now: Time) -> Vec<JobReport<'_>> {
+        self.jobs
+            .iter()
+            .map(|job| JobReport {
+                job,
+                outcome: job.outcome(),
+                time_in_states: job.time_in_states(now),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

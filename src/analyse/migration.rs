@@ -466,6 +466,44 @@ impl Migration {
     }
 }
 
+/// A run as `qmptap migration --format json` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport<'a> {
+    /// The run.
+    #[serde(flatten)]
+    pub run: &'a Run,
+    /// Its status.
+    pub status: Option<&'a str>,
+    /// RAM passes (`MIGRATION_PASS`).
+    pub pass_count: u64,
+    /// How it converged.
+    pub convergence: Convergence,
+    /// QEMU's final figures.
+    pub final_figures: Option<&'a Sample>,
+    /// Microseconds per status, in order of first entry.
+    pub time_in_states: Vec<(String, i64)>,
+    /// What an operator should know.
+    pub warnings: Vec<String>,
+}
+
+impl Migration {
+    /// Every run's report; an unfinished status counts until `now`.
+    pub fn report(&self, now: Time) -> Vec<RunReport<'_>> {
+        self.runs
+            .iter()
+            .map(|run| RunReport {
+                run,
+                status: run.status(),
+                pass_count: run.pass_count(),
+                convergence: run.convergence(),
+                final_figures: run.final_sample(),
+                time_in_states: run.time_in_states(now),
+                warnings: run.warnings(),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

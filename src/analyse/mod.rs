@@ -196,6 +196,51 @@ impl Analyser {
     }
 }
 
+/// Analyses one capture file, record by record. `progress(done, total)` (bytes) is called
+/// about every megabyte, for a progress display.
+pub fn analyse_file(
+    path: &std::path::Path,
+    options: &Options,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Analyser, crate::capture::CaptureError> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counts the bytes read through it.
+    struct Counting(std::fs::File, Arc<AtomicU64>);
+    impl std::io::Read for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    let name = path.display().to_string();
+    let io = |source| crate::capture::CaptureError::Io {
+        source_name: name.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    let done = Arc::new(AtomicU64::new(0));
+    let input = std::io::BufReader::with_capacity(1 << 18, Counting(file, done.clone()));
+    let reader = crate::capture::Reader::new(Box::new(input), name.clone())?;
+    let mut analyser = Analyser::new(options);
+    let mut reported = 0;
+    for located in reader {
+        let located = located?;
+        analyser.observe(located.line, &located.record);
+        let now = done.load(Ordering::Relaxed);
+        if now >= reported + (1 << 20) {
+            reported = now;
+            progress(now, total);
+        }
+    }
+    progress(done.load(Ordering::Relaxed), total);
+    Ok(analyser)
+}
+
 /// An event's `timestamp` member as a time (QEMU's clock when it emitted the event).
 pub fn event_time(event: &serde_json::Value) -> Option<Time> {
     let ts = event.get("timestamp")?;

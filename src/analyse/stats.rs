@@ -242,6 +242,131 @@ impl Stats {
     }
 }
 
+/// One command's row in a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandRow {
+    /// Command name.
+    pub command: String,
+    /// Times sent.
+    pub count: u64,
+    /// Replies received.
+    pub replies: u64,
+    /// Error replies.
+    pub errors: u64,
+    /// Error replies by class.
+    pub error_classes: BTreeMap<String, u64>,
+    /// Latency percentiles and maximum, in microseconds.
+    pub p50_us: Option<u64>,
+    /// 95th percentile.
+    pub p95_us: Option<u64>,
+    /// 99th percentile.
+    pub p99_us: Option<u64>,
+    /// Slowest.
+    pub max_us: Option<u64>,
+}
+
+/// A connection's row in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnRow {
+    /// The capture it is in.
+    pub capture: String,
+    /// Its figures.
+    #[serde(flatten)]
+    pub stats: ConnStats,
+    /// Microseconds from accept to close.
+    pub duration_us: Option<i64>,
+}
+
+/// What `qmptap stats` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The captures read.
+    pub captures: Vec<String>,
+    /// First and last record time.
+    pub span: Option<(Time, Time)>,
+    /// Messages of every kind.
+    pub messages: u64,
+    /// Client frames that were not JSON.
+    pub invalid: u64,
+    /// Replies that answered nothing.
+    pub unpaired_replies: u64,
+    /// Records lost while recording.
+    pub lost: u64,
+    /// Per command, most sent first.
+    pub commands: Vec<CommandRow>,
+    /// Events per name, most frequent first.
+    pub events: Vec<(String, u64)>,
+    /// Per connection.
+    pub connections: Vec<ConnRow>,
+}
+
+impl Stats {
+    /// The per-command rows, most sent first (then by name).
+    pub fn command_rows(&self) -> Vec<CommandRow> {
+        let mut rows: Vec<CommandRow> = self
+            .commands
+            .iter()
+            .map(|(name, s)| CommandRow {
+                command: name.clone(),
+                count: s.count,
+                replies: s.replies(),
+                errors: s.error_count(),
+                error_classes: s.errors.clone(),
+                p50_us: s.latency_us(0.50),
+                p95_us: s.latency_us(0.95),
+                p99_us: s.latency_us(0.99),
+                max_us: s.max_latency_us(),
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.command.cmp(&b.command))
+        });
+        rows
+    }
+
+    /// Events, most frequent first (then by name).
+    pub fn event_rows(&self) -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> =
+            self.events.iter().map(|(n, c)| (n.clone(), *c)).collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows
+    }
+}
+
+impl Report {
+    /// A report of the captures `names`, each with its own counters (merged for the
+    /// per-command and per-event rows, kept apart for connections).
+    pub fn new(captures: Vec<(String, Stats)>) -> Report {
+        let mut total = Stats::default();
+        let mut connections = Vec::new();
+        let mut names = Vec::new();
+        for (name, mut stats) in captures {
+            for (_, c) in std::mem::take(&mut stats.connections) {
+                connections.push(ConnRow {
+                    capture: name.clone(),
+                    duration_us: c.duration_us(),
+                    stats: c,
+                });
+            }
+            total.merge(stats);
+            names.push(name);
+        }
+        Report {
+            captures: names,
+            span: total.span,
+            messages: total.messages,
+            invalid: total.invalid,
+            unpaired_replies: total.unpaired_replies,
+            lost: total.lost,
+            commands: total.command_rows(),
+            events: total.event_rows(),
+            connections,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -596,3 +596,63 @@ pub fn write(
             .finish(df),
     }
 }
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A capture could not be read.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    /// A table could not be built.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The output could not be written.
+    #[error("writing the {table} table as {format:?}: {source}")]
+    Write {
+        /// Which table.
+        table: &'static str,
+        /// In what format.
+        format: Format,
+        /// Why.
+        source: PolarsError,
+    },
+}
+
+/// Builds `table` from each capture, prefixed with a `capture` column (the file name as
+/// given) and stacked, and writes it. Returns the number of rows.
+pub fn export(
+    captures: &[std::path::PathBuf],
+    table: Table,
+    format: Format,
+    out: &mut (impl Write + Send),
+) -> Result<usize, ExportError> {
+    let options = super::Options {
+        keep_rows: true,
+        ..super::Options::default()
+    };
+    let mut all: Option<DataFrame> = None;
+    for path in captures {
+        let analyser = super::analyse_file(path, &options, &mut |_, _| {})?;
+        let mut df = analyser.table(table)?;
+        let name = path.display().to_string();
+        let polars = |source| TableError::Polars {
+            table: table.name(),
+            source,
+        };
+        df.insert_column(0, col("capture", vec![name; df.height()]))
+            .map_err(polars)?;
+        all = Some(match all {
+            None => df,
+            // Captures whose events carry different members get different columns: align
+            // them by name, missing ones null.
+            Some(acc) => polars::functions::concat_df_diagonal(&[acc, df]).map_err(polars)?,
+        });
+    }
+    let mut df = all.unwrap_or_default();
+    write(&mut df, format, out).map_err(|source| ExportError::Write {
+        table: table.name(),
+        format,
+        source,
+    })?;
+    Ok(df.height())
+}

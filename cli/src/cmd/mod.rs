@@ -1,5 +1,6 @@
 //! Turns parsed arguments into library calls.
 
+mod analyse;
 mod check;
 mod diff;
 mod record;
@@ -32,6 +33,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay::run(&args, cli.global.color),
         Command::Serve(args) => serve::run(&args),
         Command::Diff(args) => diff::run(&args, cli.global.color),
+        Command::Stats(args) => analyse::stats(&args, &cli.global),
+        Command::Jobs(args) => analyse::jobs(&args, cli.global.color),
+        Command::Migration(args) => analyse::migration(&args, cli.global.color),
+        Command::Export(args) => analyse::export(&args),
     }
 }
 
