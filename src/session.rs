@@ -16,6 +16,24 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::capture::{Close, Dir, FrameError, Header, Located, Msg, Open, Reader, Record, Time};
 use crate::wire::Kind;
 
+/// The members pairing needs, read without building the rest of the message (a
+/// `query-qmp-schema` reply is hundreds of kilobytes).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Head {
+    id: Option<serde_json::Value>,
+    #[serde(rename = "exec-oob")]
+    exec_oob: Option<serde::de::IgnoredAny>,
+}
+
+impl Head {
+    fn of(m: &Msg) -> Head {
+        m.json
+            .as_ref()
+            .and_then(|j| serde_json::from_str(j.get()).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// A client frame still waiting for its reply.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -91,10 +109,8 @@ impl Tracker {
                     return Role::Other;
                 }
                 let (id, oob) = if m.kind == Kind::Command {
-                    let v = m.value();
-                    let id = v.as_ref().and_then(|v| v.get("id")).cloned();
-                    let oob = v.as_ref().is_some_and(|v| v.get("exec-oob").is_some());
-                    (id, oob)
+                    let head = Head::of(m);
+                    (head.id, head.exec_oob.is_some())
                 } else {
                     (None, false)
                 };
@@ -111,7 +127,7 @@ impl Tracker {
                 if !matches!(m.kind, Kind::Return | Kind::Error) {
                     return Role::Other;
                 }
-                let id = m.value().and_then(|v| v.get("id").cloned());
+                let id = Head::of(m).id;
                 let index = match &id {
                     // An out-of-band command answered out of order is matched by its id.
                     Some(id) => state
