@@ -2,12 +2,17 @@
 //! own raw lines say (read here with plain `serde_json`, independently of the models).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use polars::prelude::*;
+use qmptap::addr::Addr;
 use qmptap::analyse::tables::{Format, Table, write};
 use qmptap::analyse::{Analyser, Options, event_time};
 use qmptap::capture::Reader;
 use serde_json::Value;
+
+use crate::util::{Client, Proxy, TempDir, qemu_binary, spawn, wait_for_socket};
 
 fn capture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -222,5 +227,120 @@ fn jobs_and_migration_tables_hold_the_timelines() {
         count(&mig, "status", "completed"),
         3,
         "the event and two polls"
+    );
+}
+
+/// A migration whose destination is frozen (SIGSTOP) stops making progress: the model must
+/// call it stalled while frozen, converging once thawed, and completed at the end. The client
+/// polls and never turns the `events` capability on, so the statuses come from its polls and
+/// the model says so.
+#[test]
+fn a_frozen_destination_is_a_stall_and_polls_stand_in_for_missing_events() {
+    let dir = TempDir::new("analyse-stall");
+    let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
+    let base = [
+        "-machine",
+        "pc,accel=tcg",
+        "-m",
+        "128",
+        "-nodefaults",
+        "-display",
+        "none",
+    ];
+    let dst = spawn(
+        Command::new(qemu_binary())
+            .args(base)
+            .args(["-qmp", &qmp("dst.sock")])
+            .arg("-incoming")
+            .arg(format!("unix:{}", dir.path("mig.sock").display())),
+    );
+    let _src = spawn(
+        Command::new(qemu_binary())
+            .args(base)
+            .args(["-qmp", &qmp("src.sock")]),
+    );
+    wait_for_socket(&dir.path("src.sock"));
+    wait_for_socket(&dir.path("mig.sock"));
+    let proxy = Proxy::start(&dir, Addr::Unix(dir.path("src.sock")));
+    let mut c = Client::connect(&proxy.listen);
+    c.negotiate();
+    let ok = serde_json::json!({"return": {}});
+    assert_eq!(
+        c.execute(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":400000}}"#),
+        ok
+    );
+    let migrate = format!(
+        r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}}}}"#,
+        dir.path("mig.sock").display()
+    );
+    assert_eq!(c.execute(&migrate), ok);
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &dst.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let mut poll = |n: usize| {
+        let mut last = Value::Null;
+        for _ in 0..n {
+            std::thread::sleep(Duration::from_millis(100));
+            last = c.execute(r#"{"execute":"query-migrate"}"#);
+        }
+        last
+    };
+    poll(3);
+    signal("-STOP");
+    // The socket buffers fill within a second; then nothing moves for the rest.
+    poll(25);
+    signal("-CONT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = poll(1);
+        if r["return"]["status"] == "completed" {
+            break;
+        }
+        assert_ne!(r["return"]["status"], "failed", "{r}");
+        assert!(std::time::Instant::now() < deadline, "never completed: {r}");
+    }
+    drop(c);
+    let _ = proxy.stop();
+
+    let a = {
+        let mut a = Analyser::new(&Options::default());
+        for located in Reader::open(&dir.path("capture.jsonl")).unwrap() {
+            let located = located.unwrap();
+            a.observe(located.line, &located.record);
+        }
+        a
+    };
+    let run = &a.migration.runs()[0];
+    assert_eq!(run.status(), Some("completed"));
+    assert!(!run.saw_events);
+    let statuses: Vec<&str> = run.transitions.iter().map(|t| t.status.as_str()).collect();
+    assert_eq!(statuses.first(), Some(&"active"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"completed"), "{statuses:?}");
+    assert!(
+        run.transitions
+            .iter()
+            .all(|t| t.source == qmptap::analyse::migration::Source::Poll)
+    );
+    // The freeze is one long stall. (Near the end remaining may hover too, as the last
+    // passes find the guest's freshly dirtied pages: by the definition, also a stall.)
+    let frozen = run
+        .stalls
+        .iter()
+        .find(|s| s.polls >= 15)
+        .unwrap_or_else(|| panic!("no stall over the freeze: {:?}", run.stalls));
+    assert!(!frozen.ongoing);
+    let warnings = run.warnings();
+    assert!(warnings[0].contains("no MIGRATION events"), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.starts_with("stalled")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        run.convergence(),
+        qmptap::analyse::migration::Convergence::Completed
     );
 }

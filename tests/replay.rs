@@ -11,7 +11,7 @@ use qmptap::normalize::Normalizer;
 use qmptap::replay::Pace;
 use qmptap::replay::client::{Options, Report, replay};
 
-use crate::util::{Client, Proxy, Qemu, TempDir, wait_for_socket};
+use crate::util::{Client, Proxy, Qemu, TempDir, spawn, wait_for_socket};
 
 fn capture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,24 +52,6 @@ fn recorded_dir(capture_name: &str, command: &str, pointer: &str) -> PathBuf {
         .parent()
         .unwrap()
         .to_owned()
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Killed {
-    Killed(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start a QEMU process (apt-get install qemu-system-x86)"),
-    )
 }
 
 #[test]

@@ -106,6 +106,26 @@ impl Drop for Qemu {
     }
 }
 
+/// A child process killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a QEMU (or qemu-storage-daemon) command, failing loudly when it is missing.
+pub fn spawn(cmd: &mut Command) -> Killed {
+    Killed(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a QEMU process (apt-get install qemu-system-x86)"),
+    )
+}
+
 pub fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + TIMEOUT;
     while !path.exists() {

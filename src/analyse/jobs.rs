@@ -192,7 +192,7 @@ impl Job {
             };
             let us = until.micros_since(s.at);
             match out.iter_mut().find(|(name, _)| *name == s.status) {
-                Some((_, total)) => *total += us,
+                Some((_, total)) => *total = total.saturating_add(us),
                 None => out.push((s.status.clone(), us)),
             }
         }

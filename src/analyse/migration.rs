@@ -262,7 +262,7 @@ impl Run {
             };
             let us = until.micros_since(t.at);
             match out.iter_mut().find(|(s, _)| *s == t.status) {
-                Some((_, total)) => *total += us,
+                Some((_, total)) => *total = total.saturating_add(us),
                 None => out.push((t.status.clone(), us)),
             }
         }
