@@ -12,7 +12,7 @@ use qmptap::analyse::{Analyser, Options, analyse_file, human_bytes, human_micros
 use qmptap::capture::{Peer, Time};
 
 use crate::args::{
-    ColorChoice, ExportArgs, ExportFormat, ExportTable, Global, JobsArgs, MigrationArgs, StatsArgs,
+    ExportArgs, ExportFormat, ExportTable, Global, JobsArgs, MigrationArgs, StatsArgs,
 };
 
 /// A table for people: a header and rows, columns padded; numeric columns right-aligned.
@@ -233,24 +233,30 @@ fn end_of(a: &Analyser) -> Time {
     a.end().unwrap_or_else(Time::now)
 }
 
-pub fn jobs(args: &JobsArgs, color: ColorChoice) -> Result<ExitCode> {
-    let a = analyse(&args.capture, &Options::default(), true)?;
+pub fn jobs(args: &JobsArgs, global: &Global) -> Result<ExitCode> {
+    let a = analyse(&args.capture, &Options::default(), global.quiet)?;
     let report = a.jobs.report(end_of(&a));
     let clean = report
         .iter()
         .all(|j| j.job.illegal.is_empty() && j.outcome != Outcome::Failed);
-    super::emit(&report, args.format, color, clean, |out, report, color| {
-        if report.is_empty() {
-            return writeln!(out, "{}: no jobs", args.capture.display());
-        }
-        for (i, j) in report.iter().enumerate() {
-            if i > 0 {
-                writeln!(out)?;
+    super::emit(
+        &report,
+        args.format,
+        global.color,
+        clean,
+        |out, report, color| {
+            if report.is_empty() {
+                return writeln!(out, "{}: no jobs", args.capture.display());
             }
-            print_job(out, j, color)?;
-        }
-        Ok(())
-    })
+            for (i, j) in report.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                print_job(out, j, color)?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn print_job(
@@ -281,17 +287,12 @@ fn print_job(
     )?;
     let mut t = TextTable::new(&["state", "entered", ">line", ">time in state", "from"]);
     for (i, s) in job.states.iter().enumerate() {
-        let spent = job
-            .states
-            .get(i + 1)
-            .map(|n| n.at.micros_since(s.at))
-            .or_else(|| {
-                j.time_in_states
-                    .iter()
-                    .rfind(|(st, _)| *st == s.status)
-                    .map(|_| 0)
-                    .filter(|_| job.finished())
-            });
+        // The last state of a finished job lasts nothing; of a running one, until now.
+        let spent = match job.states.get(i + 1) {
+            Some(next) => Some(next.at.micros_since(s.at)),
+            None if job.finished() => Some(0),
+            None => None,
+        };
         let illegal = job.illegal.iter().any(|il| il.line == s.line);
         t.row(vec![
             (s.status.clone(), illegal.then_some("31")),
@@ -343,12 +344,12 @@ fn print_job(
     Ok(())
 }
 
-pub fn migration(args: &MigrationArgs, color: ColorChoice) -> Result<ExitCode> {
+pub fn migration(args: &MigrationArgs, global: &Global) -> Result<ExitCode> {
     let options = Options {
         stall_polls: args.stall_polls,
         ..Options::default()
     };
-    let a = analyse(&args.capture, &options, true)?;
+    let a = analyse(&args.capture, &options, global.quiet)?;
     let report = a.migration.report(end_of(&a));
     let clean = report.iter().all(|r| {
         matches!(
@@ -357,18 +358,24 @@ pub fn migration(args: &MigrationArgs, color: ColorChoice) -> Result<ExitCode> {
         )
     });
     let chart = (!args.no_chart).then_some(args.chart);
-    super::emit(&report, args.format, color, clean, |out, report, color| {
-        if report.is_empty() {
-            return writeln!(out, "{}: no migration", args.capture.display());
-        }
-        for (i, r) in report.iter().enumerate() {
-            if i > 0 {
-                writeln!(out)?;
+    super::emit(
+        &report,
+        args.format,
+        global.color,
+        clean,
+        |out, report, color| {
+            if report.is_empty() {
+                return writeln!(out, "{}: no migration", args.capture.display());
             }
-            print_run(out, i + 1, r, chart, color)?;
-        }
-        Ok(())
-    })
+            for (i, r) in report.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                print_run(out, i + 1, r, chart, color)?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn print_run(

@@ -34,8 +34,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::run(&args),
         Command::Diff(args) => diff::run(&args, cli.global.color),
         Command::Stats(args) => analyse::stats(&args, &cli.global),
-        Command::Jobs(args) => analyse::jobs(&args, cli.global.color),
-        Command::Migration(args) => analyse::migration(&args, cli.global.color),
+        Command::Jobs(args) => analyse::jobs(&args, &cli.global),
+        Command::Migration(args) => analyse::migration(&args, &cli.global),
         Command::Export(args) => analyse::export(&args),
     }
 }
