@@ -144,11 +144,18 @@ pub fn diff(a: &Path, b: &Path, normalizer: &Normalizer) -> Result<Report, Captu
     })
 }
 
-/// The connection's requests with their normalised replies and events.
+/// The connection's requests with their normalised replies and events. The proxy's own polls
+/// (`qmptap record --poll`) are not the client's: how many there are depends on timing, so
+/// they are left out, replies included.
 fn steps(conn: &Connection, normalizer: &Normalizer) -> Vec<Step> {
-    let requests: Vec<usize> = conn.transactions.iter().map(|t| t.request).collect();
-    conn.transactions
+    let client: Vec<&crate::session::Transaction> = conn
+        .transactions
         .iter()
+        .filter(|t| !conn.messages[t.request].is_proxy())
+        .collect();
+    let requests: Vec<usize> = client.iter().map(|t| t.request).collect();
+    client
+        .into_iter()
         .enumerate()
         .map(|(i, t)| {
             let m = &conn.messages[t.request];

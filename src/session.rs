@@ -13,26 +13,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::capture::{Close, Dir, FrameError, Header, Located, Msg, Open, Reader, Record, Time};
+use crate::capture::{
+    Close, Dir, FrameError, Header, Located, Msg, Open, Origin, Reader, Record, Time,
+};
 use crate::wire::Kind;
-
-/// The members pairing needs, read without building the rest of the message (a
-/// `query-qmp-schema` reply is hundreds of kilobytes).
-#[derive(Debug, Default, serde::Deserialize)]
-struct Head {
-    id: Option<serde_json::Value>,
-    #[serde(rename = "exec-oob")]
-    exec_oob: Option<serde::de::IgnoredAny>,
-}
-
-impl Head {
-    fn of(m: &Msg) -> Head {
-        m.json
-            .as_ref()
-            .and_then(|j| serde_json::from_str(j.get()).ok())
-            .unwrap_or_default()
-    }
-}
 
 /// A client frame still waiting for its reply.
 #[derive(Debug, Clone)]
@@ -42,6 +26,7 @@ struct Pending {
     name: Option<String>,
     id: Option<serde_json::Value>,
     oob: bool,
+    origin: Origin,
 }
 
 /// What a message is in its connection's conversation.
@@ -59,11 +44,49 @@ pub enum Role {
         command: Option<String>,
         /// Microseconds from request to reply.
         latency_us: i64,
+        /// Who sent the request: the client, or the proxy polling on its own (whose replies
+        /// the client never saw).
+        origin: Origin,
     },
     /// A reply that answers nothing the client sent (a protocol error).
     UnpairedReply,
     /// Anything else: greeting, event, a client frame cut short by the connection's end.
     Other,
+}
+
+/// The members pairing needs, read without building the rest of the message (a reply can be
+/// hundreds of kilobytes, and the recording proxy pairs while it relays).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Head {
+    /// Present even when `null` (QEMU echoes any id, null included).
+    #[serde(default, deserialize_with = "present")]
+    id: Option<serde_json::Value>,
+    #[serde(default, rename = "exec-oob")]
+    oob: Option<serde::de::IgnoredAny>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+impl Head {
+    fn of(m: &Msg) -> Head {
+        let Some(json) = &m.json else {
+            return Head::default();
+        };
+        serde_json::from_str(json.get()).unwrap_or_else(|_| {
+            // Duplicate members, which serde refuses for a struct: the last one wins, as in
+            // a parsed value.
+            let v = m.value();
+            Head {
+                id: v.as_ref().and_then(|v| v.get("id")).cloned(),
+                oob: v
+                    .as_ref()
+                    .and_then(|v| v.get("exec-oob"))
+                    .map(|_| serde::de::IgnoredAny),
+            }
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +122,21 @@ impl Tracker {
         }
     }
 
+    /// Who sent the request that an in-band reply arriving now on `conn` would answer (the
+    /// oldest in-band request still unanswered), or `None` when nothing is awaiting a reply.
+    ///
+    /// The recording proxy routes replies with this: QEMU answers in-band commands strictly
+    /// in order, so only when the proxy's own command is next can the next reply be the
+    /// proxy's. (Out-of-band replies are matched by id; the proxy never sends `exec-oob`.)
+    pub fn next_reply_origin(&self, conn: u64) -> Option<Origin> {
+        let pending = &self.conns.get(&conn)?.pending;
+        pending
+            .iter()
+            .find(|p| !p.oob)
+            .or_else(|| pending.front())
+            .map(|p| p.origin)
+    }
+
     /// Feeds one message.
     pub fn observe_msg(&mut self, m: &Msg) -> Role {
         let state = self.conns.entry(m.conn).or_default();
@@ -110,7 +148,7 @@ impl Tracker {
                 }
                 let (id, oob) = if m.kind == Kind::Command {
                     let head = Head::of(m);
-                    (head.id, head.exec_oob.is_some())
+                    (head.id, head.oob.is_some())
                 } else {
                     (None, false)
                 };
@@ -120,6 +158,7 @@ impl Tracker {
                     name: m.name.clone(),
                     id,
                     oob,
+                    origin: m.origin,
                 });
                 Role::Request
             }
@@ -148,6 +187,7 @@ impl Tracker {
                         request_id: p.id,
                         command: p.name,
                         latency_us: m.t.micros_since(p.t),
+                        origin: p.origin,
                     },
                     None => Role::UnpairedReply,
                 }
@@ -269,5 +309,132 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Frame, FrameKind};
+
+    fn msg(seq: u64, dir: Dir, text: &str, origin: Origin) -> Msg {
+        let frame = Frame {
+            kind: FrameKind::Message,
+            bytes: text.as_bytes().to_vec(),
+            offset: 0,
+            len: text.len() as u64,
+        };
+        let mut m = Msg::from_frame(1, seq, Time::now(), dir, &frame, 0);
+        m.origin = origin;
+        m
+    }
+
+    fn answered(role: &Role) -> Option<(u64, Origin)> {
+        match role {
+            Role::Reply {
+                request_seq,
+                origin,
+                ..
+            } => Some((*request_seq, *origin)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn proxy_requests_take_their_place_in_the_in_band_queue() {
+        let mut t = Tracker::new();
+        assert_eq!(t.next_reply_origin(1), None);
+        let client = r#"{"execute": "query-status", "id": 7}"#;
+        let poll = r#"{"execute": "query-migrate", "id": {"qmptap-poll": 1}}"#;
+        assert_eq!(
+            t.observe_msg(&msg(1, Dir::C2s, client, Origin::Peer)),
+            Role::Request
+        );
+        t.observe_msg(&msg(2, Dir::C2s, poll, Origin::Proxy));
+        t.observe_msg(&msg(3, Dir::C2s, "GARBAGE", Origin::Peer));
+        assert_eq!(t.next_reply_origin(1), Some(Origin::Peer));
+        let r = t.observe_msg(&msg(
+            4,
+            Dir::S2c,
+            r#"{"return": {}, "id": 7}"#,
+            Origin::Peer,
+        ));
+        assert_eq!(answered(&r), Some((1, Origin::Peer)));
+        assert_eq!(t.next_reply_origin(1), Some(Origin::Proxy));
+        // An event between replies answers nothing.
+        let event = r#"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}"#;
+        assert_eq!(
+            t.observe_msg(&msg(5, Dir::S2c, event, Origin::Peer)),
+            Role::Other
+        );
+        let r = t.observe_msg(&msg(
+            6,
+            Dir::S2c,
+            r#"{"return": {}, "id": {"qmptap-poll": 1}}"#,
+            Origin::Proxy,
+        ));
+        assert_eq!(answered(&r), Some((2, Origin::Proxy)));
+        // The parse error has no id and answers the garbage, in order.
+        let r = t.observe_msg(&msg(
+            7,
+            Dir::S2c,
+            r#"{"error": {"class": "GenericError", "desc": "JSON parse error, stray 'G'"}}"#,
+            Origin::Peer,
+        ));
+        assert_eq!(answered(&r), Some((3, Origin::Peer)));
+        assert_eq!(t.next_reply_origin(1), None);
+    }
+
+    #[test]
+    fn out_of_band_replies_do_not_hide_the_in_band_head() {
+        let mut t = Tracker::new();
+        t.observe_msg(&msg(
+            1,
+            Dir::C2s,
+            r#"{"exec-oob": "migrate-pause", "id": "oob-1"}"#,
+            Origin::Peer,
+        ));
+        t.observe_msg(&msg(
+            2,
+            Dir::C2s,
+            r#"{"execute": "query-migrate", "id": {"qmptap-poll": 1}}"#,
+            Origin::Proxy,
+        ));
+        assert_eq!(t.next_reply_origin(1), Some(Origin::Proxy));
+        let r = t.observe_msg(&msg(
+            3,
+            Dir::S2c,
+            r#"{"return": {}, "id": "oob-1"}"#,
+            Origin::Peer,
+        ));
+        assert_eq!(answered(&r), Some((1, Origin::Peer)));
+        let r = t.observe_msg(&msg(
+            4,
+            Dir::S2c,
+            r#"{"return": {"status": "active"}, "id": {"qmptap-poll": 1}}"#,
+            Origin::Proxy,
+        ));
+        assert_eq!(answered(&r), Some((2, Origin::Proxy)));
+    }
+
+    #[test]
+    fn a_null_id_is_an_id() {
+        let mut t = Tracker::new();
+        t.observe_msg(&msg(
+            1,
+            Dir::C2s,
+            r#"{"execute": "stop", "id": null}"#,
+            Origin::Peer,
+        ));
+        let r = t.observe_msg(&msg(
+            2,
+            Dir::S2c,
+            r#"{"return": {}, "id": null}"#,
+            Origin::Peer,
+        ));
+        let Role::Reply { request_id, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(request_id, Some(serde_json::Value::Null));
     }
 }

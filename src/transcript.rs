@@ -85,6 +85,9 @@ pub struct Style {
     pub truncate: usize,
 }
 
+/// Arrows of the proxy's own messages (`qmptap record --poll`): its command, the reply.
+pub const PROXY_ARROWS: [&str; 2] = ["~>", "<~"];
+
 const RESET: &str = "\x1b[0m";
 const DIM: &str = "\x1b[2m";
 const BOLD: &str = "\x1b[1m";
@@ -171,14 +174,24 @@ pub fn render(record: &Record, role: &Role, style: Style) -> Option<String> {
                 let cut: String = text.chars().take(style.truncate).collect();
                 text = format!("{cut}… ({} bytes)", m.raw_bytes().len());
             }
+            // The proxy's own polls and their replies, which the client never saw, get their
+            // own arrows and are dimmed, so that the client's conversation still reads on its own.
+            let (arrow, color) = if m.is_proxy() {
+                (PROXY_ARROWS[usize::from(m.dir == Dir::S2c)], DIM)
+            } else {
+                (m.dir.arrow(), kind_color(m.kind))
+            };
             let mut line = format!(
                 "{} {:>3} {} {}",
                 clock(m.t),
                 m.conn,
-                m.dir.arrow(),
-                style.paint(kind_color(m.kind), &text)
+                arrow,
+                style.paint(color, &text)
             );
             let mut notes = Vec::new();
+            if m.is_proxy() {
+                notes.push("qmptap poll".to_owned());
+            }
             if m.fds > 0 {
                 notes.push(format!("{} fd{}", m.fds, if m.fds == 1 { "" } else { "s" }));
             }
@@ -304,6 +317,7 @@ mod tests {
             t: Time(chrono::DateTime::UNIX_EPOCH),
             dir,
             kind,
+            origin: crate::capture::Origin::Peer,
             name: name.map(str::to_owned),
             fds: 0,
             fds_dropped: 0,
@@ -325,6 +339,7 @@ mod tests {
             request_id: None,
             command: Some("query-status".into()),
             latency_us: 5,
+            origin: crate::capture::Origin::Peer,
         };
         let event = msg(1, Dir::S2c, Kind::Event, Some("STOP"));
         let everything = Filter::default();
@@ -365,5 +380,20 @@ mod tests {
         assert!(!glob("query-status", "query-statusx"));
         assert!(!glob("block*", "query-block"));
         assert!(glob("*", ""));
+    }
+
+    #[test]
+    fn proxy_polls_are_marked() {
+        let mut poll = msg(1, Dir::C2s, Kind::Command, Some("query-migrate"));
+        poll.origin = crate::capture::Origin::Proxy;
+        let line = render(&Record::Msg(poll), &Role::Request, Style::default()).unwrap();
+        assert!(line.contains(" ~> {}  [qmptap poll]"), "{line}");
+        let mut reply = msg(1, Dir::S2c, Kind::Return, None);
+        reply.origin = crate::capture::Origin::Proxy;
+        let line = render(&Record::Msg(reply), &Role::Other, Style::default()).unwrap();
+        assert!(line.contains(" <~ {}  [qmptap poll]"), "{line}");
+        let client = msg(1, Dir::C2s, Kind::Command, Some("query-migrate"));
+        let line = render(&Record::Msg(client), &Role::Request, Style::default()).unwrap();
+        assert!(line.contains(" -> {}") && !line.contains("poll"), "{line}");
     }
 }

@@ -13,6 +13,7 @@ pub mod writer;
 
 pub use reader::{CaptureError, Located, Reader};
 pub use record::{
-    Close, Dir, FORMAT, FrameError, Gap, Header, Msg, Open, Peer, Record, Side, Time, VERSION,
+    Close, Dir, FORMAT, FrameError, Gap, Header, Msg, Open, Origin, Peer, Record, Side, Time,
+    VERSION,
 };
 pub use writer::{OnWriteError, Sink, SinkHandle, Writer};

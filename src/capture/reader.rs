@@ -312,6 +312,23 @@ mod tests {
     }
 
     #[test]
+    fn reads_proxy_origin_messages() {
+        let poll = r#"{"type":"msg","conn":1,"seq":1,"t":"2026-11-25T19:10:13.072400Z","dir":"c2s","kind":"command","origin":"proxy","name":"query-migrate","json":{"execute": "query-migrate", "id": {"qmptap-poll": 1}}}"#;
+        let (records, _) = read(&format!("{HEADER}\n{OPEN}\n{MSG}\n{poll}\n")).unwrap();
+        let origins: Vec<_> = records
+            .iter()
+            .filter_map(|l| match &l.record {
+                Record::Msg(m) => Some(m.origin),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            origins,
+            [super::super::Origin::Peer, super::super::Origin::Proxy]
+        );
+    }
+
+    #[test]
     fn skips_a_torn_last_line() {
         let torn_msg = &MSG[..MSG.len() / 2];
         let (records, torn) = read(&format!("{HEADER}\n{OPEN}\n{torn_msg}")).unwrap();

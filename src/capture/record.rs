@@ -85,6 +85,30 @@ pub enum Side {
     Proxy,
 }
 
+/// Who wrote a message: the peer on its side of the connection (the client for `c2s`, the
+/// monitor for `s2c`), or the proxy itself.
+///
+/// The proxy's own messages are the commands it sends when it polls (`qmptap record --poll`)
+/// and the monitor's replies to them, which the client never sees. Absent from a record means
+/// [`Origin::Peer`], so captures written before this member existed read unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The client's message (`c2s`) or the monitor's message relayed to the client (`s2c`).
+    #[default]
+    Peer,
+    /// A command qmptap sent on its own, or the monitor's reply to it (not relayed).
+    Proxy,
+}
+
+impl Origin {
+    /// Whether this is [`Origin::Peer`] (the default, not written).
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+    pub fn is_peer(&self) -> bool {
+        *self == Origin::Peer
+    }
+}
+
 /// Why a frame is not a well-formed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -204,6 +228,10 @@ pub struct Msg {
     pub dir: Dir,
     /// What the frame is.
     pub kind: Kind,
+    /// Who wrote it: absent for the peer, `"proxy"` for the proxy's own polls and their
+    /// replies.
+    #[serde(default, skip_serializing_if = "Origin::is_peer")]
+    pub origin: Origin,
     /// Command name (`execute`/`exec-oob`) or event name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -277,6 +305,7 @@ impl Msg {
             t,
             dir,
             kind: message.kind,
+            origin: Origin::Peer,
             name: message.name,
             fds,
             fds_dropped: 0,
@@ -307,6 +336,11 @@ impl Msg {
             .unwrap_or_default()
     }
 
+    /// Whether the proxy wrote this message (a poll) or it answers one.
+    pub fn is_proxy(&self) -> bool {
+        self.origin == Origin::Proxy
+    }
+
     /// The message as a JSON value, when it is JSON.
     pub fn value(&self) -> Option<serde_json::Value> {
         self.json
@@ -322,6 +356,7 @@ impl PartialEq for Msg {
             && self.t == other.t
             && self.dir == other.dir
             && self.kind == other.kind
+            && self.origin == other.origin
             && self.name == other.name
             && self.fds == other.fds
             && self.fds_dropped == other.fds_dropped
@@ -457,6 +492,29 @@ mod tests {
         assert_eq!(t0().to_string(), "2026-11-25T19:10:13.072123Z");
         let back: Time = serde_json::from_str("\"2026-11-25T19:10:13.072123Z\"").unwrap();
         assert_eq!(back, t0());
+    }
+
+    #[test]
+    fn origin_is_written_only_for_the_proxy_and_reads_back() {
+        let bytes = br#"{"execute": "query-migrate", "id": {"qmptap-poll": 1}}"#;
+        let mut m = Msg::from_frame(1, 4, t0(), Dir::C2s, &frame(bytes, FrameKind::Message), 0);
+        let peer = serde_json::to_string(&Record::Msg(m.clone())).unwrap();
+        assert!(!peer.contains("origin"), "{peer}");
+        m.origin = Origin::Proxy;
+        let line = serde_json::to_string(&Record::Msg(m.clone())).unwrap();
+        assert!(line.contains(r#""origin":"proxy""#), "{line}");
+        let Record::Msg(back) = Record::parse(line.as_bytes()).unwrap() else {
+            panic!("not a msg: {line}")
+        };
+        assert!(back.is_proxy());
+        assert_eq!(back, m);
+        // A record without the member (every capture written before it existed) is the peer's.
+        let Record::Msg(old) = Record::parse(peer.as_bytes()).unwrap() else {
+            panic!("not a msg: {peer}")
+        };
+        assert_eq!(old.origin, Origin::Peer);
+        let unknown = line.replace(r#""origin":"proxy""#, r#""origin":"martian""#);
+        assert!(Record::parse(unknown.as_bytes()).is_err());
     }
 
     #[test]

@@ -436,6 +436,19 @@ fn replay_connection(conn: &Connection, options: &Options) -> io::Result<ConnRep
     let mut handles = Handles::default();
     for (msg, line) in conn.messages.iter().zip(&conn.lines) {
         let role = tracker.observe_msg(msg);
+        // The recording proxy's own polls and their replies were never the client's: they
+        // are neither sent nor expected.
+        if msg.is_proxy()
+            || matches!(
+                role,
+                crate::session::Role::Reply {
+                    origin: crate::capture::Origin::Proxy,
+                    ..
+                }
+            )
+        {
+            continue;
+        }
         match msg.dir {
             Dir::C2s => {
                 let offset =

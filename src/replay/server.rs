@@ -448,6 +448,18 @@ impl Script {
     }
 
     fn add_msg(&mut self, state: &mut Loading, m: &Msg, line: u64, role: &Role) {
+        // The recording proxy's own polls are not interactions of the recorded client.
+        if m.is_proxy()
+            || matches!(
+                role,
+                Role::Reply {
+                    origin: crate::capture::Origin::Proxy,
+                    ..
+                }
+            )
+        {
+            return;
+        }
         let Some(json) = m.json.as_ref().map(|j| j.get()) else {
             return;
         };
