@@ -1,5 +1,9 @@
 //! Writing captures: a synchronous [`Writer`] and a threaded [`Sink`] that relays use
 //! without ever waiting on the disk.
+//!
+//! A sink can also hand every record to a *tap*, for a consumer in the same process (the
+//! TUI): see [`Sink::start_tapped`]. Neither the disk nor a slow tap consumer ever makes a
+//! relay wait.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +24,12 @@ pub const QUEUE_RECORDS: usize = 65_536;
 /// (measured: the proxy's round trip grew by 6% on two cores); this bounds how late a
 /// record reaches the file, and the writer still sleeps when there is no traffic.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// The `reason` of the `gap` record for records the relays could not queue.
+pub const WRITER_FELL_BEHIND: &str = "the capture writer fell behind";
+
+/// The `reason` of the `gap` record a tap receives when its consumer fell behind.
+pub const TAP_FELL_BEHIND: &str = "the tap's consumer fell behind";
 
 /// After a failed write, how long the sink waits before it tries the disk again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -126,15 +136,47 @@ impl Sink {
         header: &Record,
         policy: OnWriteError,
     ) -> io::Result<Sink> {
-        let mut writer = Writer::new(out);
-        writer.write(header)?;
-        writer.flush()?;
+        Sink::start_tapped(Some(out), header, policy, None)
+    }
+
+    /// Starts a sink that writes nothing and only hands records to `tap` (see
+    /// [`Sink::start_tapped`]): a live view without a capture file.
+    pub fn tap_only(header: &Record, tap: SyncSender<Record>) -> io::Result<Sink> {
+        Sink::start_tapped(None::<io::Sink>, header, OnWriteError::Continue, Some(tap))
+    }
+
+    /// Starts the writer thread, writing to `out` if there is one, and handing a copy of
+    /// every record to `tap` if there is one: the header first, then every record in the
+    /// order the relays queued it, from the writer thread, as soon as it leaves the queue and
+    /// before the disk is tried (so that a failing disk does not blind the tap; records lost
+    /// to the disk still reach the tap), and the sink's own `gap` records when they are
+    /// written.
+    ///
+    /// The tap never makes anyone wait: make it a bounded channel
+    /// (`std::sync::mpsc::sync_channel(n)`, `n` > 0). When it is full, records are dropped
+    /// for it (never for the file) and counted; as soon as it has room again it receives a
+    /// [`Gap`] record whose `lost` says how many it missed, `since` when the first was
+    /// dropped, and `reason` is [`TAP_FELL_BEHIND`]. When its receiver is dropped the sink
+    /// stops tapping and goes on writing.
+    pub fn start_tapped<W: Write + Send + 'static>(
+        out: Option<W>,
+        header: &Record,
+        policy: OnWriteError,
+        tap: Option<SyncSender<Record>>,
+    ) -> io::Result<Sink> {
+        let mut writer = out.map(Writer::new);
+        if let Some(w) = &mut writer {
+            w.write(header)?;
+            w.flush()?;
+        }
+        let mut tap = TapState::new(tap);
+        tap.send(header);
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
         let shared = Arc::new(Shared::default());
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("qmptap-capture".into())
-            .spawn(move || run(writer, &rx, &thread_shared, policy))?;
+            .spawn(move || run(writer, tap, &rx, &thread_shared, policy))?;
         Ok(Sink {
             handle: SinkHandle { tx, shared },
             thread: Some(thread),
@@ -159,6 +201,78 @@ impl Sink {
     }
 }
 
+/// The writer thread's side of a tap.
+struct TapState {
+    tx: Option<SyncSender<Record>>,
+    /// Records the consumer missed since the last gap it received.
+    dropped: u64,
+    since: Option<Time>,
+}
+
+impl TapState {
+    fn new(tx: Option<SyncSender<Record>>) -> TapState {
+        TapState {
+            tx,
+            dropped: 0,
+            since: None,
+        }
+    }
+
+    /// Offers a record to the tap without waiting; a notice of what it missed goes first.
+    fn send(&mut self, record: &Record) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.dropped > 0 {
+            let gap = Record::Gap(Gap {
+                t: Time::now(),
+                since: self.since.unwrap_or_else(Time::now),
+                lost: self.dropped,
+                reason: TAP_FELL_BEHIND.to_owned(),
+            });
+            if !self.offer(gap) {
+                self.dropped += 1;
+                return;
+            }
+            self.dropped = 0;
+            self.since = None;
+        }
+        if !self.offer(record.clone()) {
+            self.dropped += 1;
+            self.since.get_or_insert_with(Time::now);
+        }
+    }
+
+    /// Whether the tap took the record. A tap whose receiver is gone is closed for good.
+    fn offer(&mut self, record: Record) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        match tx.try_send(record) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::debug!("the capture tap's receiver is gone; no longer tapping");
+                self.tx = None;
+                true
+            }
+        }
+    }
+
+    /// At the end: one last try to tell the consumer what it missed.
+    fn finish(&mut self) {
+        if self.dropped > 0 {
+            let gap = Record::Gap(Gap {
+                t: Time::now(),
+                since: self.since.unwrap_or_else(Time::now),
+                lost: self.dropped,
+                reason: TAP_FELL_BEHIND.to_owned(),
+            });
+            if self.offer(gap) {
+                self.dropped = 0;
+            }
+        }
+    }
+}
+
 /// State of the writer thread's error handling.
 struct Outage {
     since: Time,
@@ -168,11 +282,26 @@ struct Outage {
 }
 
 fn run<W: Write>(
-    mut writer: Writer<W>,
+    writer: Option<Writer<W>>,
+    mut tap: TapState,
     rx: &Receiver<Record>,
     shared: &Shared,
     policy: OnWriteError,
 ) -> io::Result<()> {
+    let Some(mut writer) = writer else {
+        // Tap only: nothing to write, nothing that can fail; a full queue still shows as a gap.
+        for record in rx {
+            if let Some(gap) = overflow_gap(shared) {
+                tap.send(&gap);
+            }
+            tap.send(&record);
+        }
+        if let Some(gap) = overflow_gap(shared) {
+            tap.send(&gap);
+        }
+        tap.finish();
+        return Ok(());
+    };
     let mut outage: Option<Outage> = None;
     let mut dirty = false;
     loop {
@@ -195,6 +324,8 @@ fn run<W: Write>(
             rx.recv().ok()
         };
         let Some(record) = next else { break };
+        // Before the disk: a failing disk must not blind the tap.
+        tap.send(&record);
 
         if let Some(o) = &mut outage {
             if Instant::now() < o.retry_at {
@@ -202,7 +333,7 @@ fn run<W: Write>(
                 continue;
             }
         }
-        if let Err(e) = write_gap_if_any(&mut writer, &mut outage, shared) {
+        if let Err(e) = write_gap_if_any(&mut writer, &mut outage, shared, &mut tap) {
             note_failure(&mut outage, 1, &e, policy, shared);
             continue;
         }
@@ -218,8 +349,27 @@ fn run<W: Write>(
     if let Some(o) = &mut outage {
         o.retry_at = Instant::now();
     }
-    let _ = write_gap_if_any(&mut writer, &mut outage, shared);
+    let _ = write_gap_if_any(&mut writer, &mut outage, shared, &mut tap);
+    tap.finish();
     writer.flush()
+}
+
+/// The `gap` record for records that relays could not queue, if any were lost.
+fn overflow_gap(shared: &Shared) -> Option<Record> {
+    let lost = shared.overflowed.swap(0, Ordering::Relaxed);
+    let since = shared
+        .overflow_since
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    (lost > 0).then(|| {
+        Record::Gap(Gap {
+            t: Time::now(),
+            since: since.unwrap_or_else(Time::now),
+            lost,
+            reason: WRITER_FELL_BEHIND.to_owned(),
+        })
+    })
 }
 
 /// Writes the `gap` record that accounts for records lost to an outage or a full queue.
@@ -227,6 +377,7 @@ fn write_gap_if_any<W: Write>(
     writer: &mut Writer<W>,
     outage: &mut Option<Outage>,
     shared: &Shared,
+    tap: &mut TapState,
 ) -> io::Result<()> {
     let overflowed = shared.overflowed.swap(0, Ordering::Relaxed);
     let overflow_since = shared
@@ -239,7 +390,7 @@ fn write_gap_if_any<W: Write>(
         (None, n) => (
             n,
             overflow_since.unwrap_or_else(Time::now),
-            "the capture writer fell behind".to_owned(),
+            WRITER_FELL_BEHIND.to_owned(),
         ),
         (Some(o), n) => (o.lost + n, o.since, o.reason.clone()),
     };
@@ -254,6 +405,7 @@ fn write_gap_if_any<W: Write>(
         shared.overflowed.fetch_add(overflowed, Ordering::Relaxed);
         return Err(e);
     }
+    tap.send(&gap);
     if let Some(o) = outage.take() {
         tracing::warn!(
             lost = o.lost + overflowed,
@@ -386,5 +538,79 @@ mod tests {
         assert_eq!(h.failed().as_deref(), Some("No space left on device"));
         drop(h);
         let _ = sink.finish();
+    }
+
+    fn wait_for_lines(out: &Flaky, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines(out).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the writer never wrote {n} lines"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn lost_of(r: &Record) -> Option<(u64, &str)> {
+        match r {
+            Record::Gap(g) => Some((g.lost, g.reason.as_str())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_full_tap_drops_and_says_so_but_the_file_gets_everything() {
+        let out = Flaky::default();
+        let header = Record::Header(Header::new(None, None));
+        let (tap, taken) = mpsc::sync_channel(2);
+        let sink = Sink::start_tapped(
+            Some(out.clone()),
+            &header,
+            OnWriteError::Continue,
+            Some(tap),
+        )
+        .unwrap();
+        let h = sink.handle();
+        for i in 1..=5 {
+            h.record(gap_probe(i));
+        }
+        // The consumer sleeps: the header and the first probe fill the tap, the rest is
+        // dropped for it, and the relays' handle never waited.
+        wait_for_lines(&out, 6);
+        let first: Vec<Record> = taken.try_iter().collect();
+        assert_eq!(first.len(), 2);
+        assert!(matches!(first[0], Record::Header(_)));
+        assert_eq!(lost_of(&first[1]), Some((1, "probe")));
+        h.record(gap_probe(6));
+        drop(h);
+        sink.finish().unwrap();
+        let rest: Vec<Record> = taken.try_iter().collect();
+        let rest: Vec<_> = rest.iter().map(lost_of).collect();
+        assert_eq!(rest, [Some((4, TAP_FELL_BEHIND)), Some((6, "probe"))]);
+        let written: Vec<u64> = lines(&out)[1..]
+            .iter()
+            .map(|l| l["lost"].as_u64().unwrap())
+            .collect();
+        assert_eq!(written, [1, 2, 3, 4, 5, 6], "the file misses nothing");
+    }
+
+    #[test]
+    fn a_tap_only_sink_hands_on_every_record_and_survives_its_consumer() {
+        let header = Record::Header(Header::new(None, None));
+        let (tap, taken) = mpsc::sync_channel(16);
+        let sink = Sink::tap_only(&header, tap).unwrap();
+        let h = sink.handle();
+        h.record(gap_probe(1));
+        h.record(gap_probe(2));
+        let got: Vec<Record> = (0..3)
+            .map(|_| taken.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        assert!(matches!(got[0], Record::Header(_)));
+        assert_eq!(lost_of(&got[2]), Some((2, "probe")));
+        // The consumer goes away: recording goes on, and finishing does not hang.
+        drop(taken);
+        h.record(gap_probe(3));
+        drop(h);
+        sink.finish().unwrap();
     }
 }
