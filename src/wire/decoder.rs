@@ -250,6 +250,20 @@ impl Decoder {
         (at < bytes.len()).then(|| (pending.start + at as u64, bytes, at))
     }
 
+    /// Stream offset of the first byte of the frame still incomplete — a message whose
+    /// brackets have not balanced yet, a token that has not ended, or a lexical error whose
+    /// recovery is still skipping input — or `None` at a frame boundary, where bytes of
+    /// another stream could be spliced in without changing how any frame is cut.
+    pub fn incomplete_since(&self) -> Option<u64> {
+        if let Some(p) = &self.pending {
+            return Some(p.start);
+        }
+        if let Some(partial) = self.partial {
+            return Some(self.base + partial.start() as u64);
+        }
+        self.recovering.then_some(self.base + self.pos as u64)
+    }
+
     /// Bytes currently held (pending frame, partial token and unprocessed input).
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -609,6 +623,37 @@ impl Decoder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incomplete_since_marks_where_the_unfinished_frame_began() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        assert_eq!(d.incomplete_since(), None);
+        d.feed(b"{\"a\": 1}  {\"b\"", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.incomplete_since(), Some(10));
+        d.feed(b": [1]}\r\n", &mut out);
+        assert_eq!(
+            d.incomplete_since(),
+            None,
+            "whitespace between frames is a boundary"
+        );
+        d.feed(b"tru", &mut out);
+        assert_eq!(
+            d.incomplete_since(),
+            Some(22),
+            "a keyword that has not ended"
+        );
+        d.feed(b"e GAR", &mut out);
+        assert_eq!(
+            d.incomplete_since(),
+            Some(27),
+            "recovering after a lexical error"
+        );
+        d.feed(b"\n", &mut out);
+        assert_eq!(d.incomplete_since(), None);
+        assert_eq!(out.len(), 4);
+    }
 
     #[test]
     fn recovering_from_points_at_the_offending_byte_until_recovery_ends() {
