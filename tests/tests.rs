@@ -6,6 +6,7 @@ mod check;
 mod checker;
 mod diff;
 mod notation_manual;
+mod poll;
 mod qapi_schema;
 mod record;
 mod replay;

@@ -148,6 +148,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(dir: &TempDir, upstream: Addr) -> Proxy {
+        Proxy::start_polling(dir, upstream, None)
+    }
+
+    /// The proxy polling as `--poll` says (e.g. `query-status@50ms`).
+    pub fn start_polling(dir: &TempDir, upstream: Addr, poll: Option<&str>) -> Proxy {
         let listen = dir.path("proxy.sock");
         let capture = dir.path("capture.jsonl");
         let config = Config {
@@ -155,6 +160,7 @@ impl Proxy {
             upstream,
             socket_mode: 0o600,
             limits: Limits::QEMU,
+            poll: poll.map(|p| p.parse().unwrap()),
         };
         let shutdown = Shutdown::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -223,12 +229,24 @@ pub fn read_capture(path: &Path) -> Vec<Located> {
     records
 }
 
-/// The messages of one connection in one direction.
+/// The messages of one connection in one direction, as its client sent or received them
+/// (the proxy's own polls and their replies left out).
 pub fn msgs(records: &[Located], conn: u64, dir: Dir) -> Vec<Msg> {
     records
         .iter()
         .filter_map(|l| match &l.record {
-            Record::Msg(m) if m.conn == conn && m.dir == dir => Some(m.clone()),
+            Record::Msg(m) if m.conn == conn && m.dir == dir && !m.is_proxy() => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The proxy's own messages on one connection (`--poll`), both directions, in capture order.
+pub fn proxy_msgs(records: &[Located], conn: u64) -> Vec<Msg> {
+    records
+        .iter()
+        .filter_map(|l| match &l.record {
+            Record::Msg(m) if m.conn == conn && m.is_proxy() => Some(m.clone()),
             _ => None,
         })
         .collect()

@@ -418,6 +418,12 @@ pub struct RecordArgs {
     /// fail and stop the proxy so that nothing passes unrecorded.
     #[arg(long, value_enum, default_value_t = OnWriteError::Continue, value_name = "POLICY", help_heading = "Capture")]
     pub on_write_error: OnWriteError,
+    /// Poll these query commands on each connection, at INTERVAL (default 1s; e.g. 500ms,
+    /// 2s), once the client has negotiated, when the client does not send them itself: e.g.
+    /// query-migrate,query-jobs@500ms. The replies are recorded but never reach the client;
+    /// the capture marks both with "origin":"proxy".
+    #[arg(long, value_name = "CMD,...[@INTERVAL]", help_heading = "Capture")]
+    pub poll: Option<String>,
     /// Seconds that connections get to finish after SIGTERM before they are closed.
     #[arg(
         long,

@@ -5,6 +5,7 @@
 //! wire. Recording is best effort behind relaying, and says so (gap records) when it fails.
 
 mod listener;
+pub mod poll;
 mod relay;
 pub mod stream;
 
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use listener::{Accepted, Listener};
+pub use poll::{Poll, PollError};
 pub use relay::CHUNK;
 pub use stream::Stream;
 
@@ -60,6 +62,9 @@ pub struct Config {
     pub socket_mode: u32,
     /// Decoder limits (QEMU's by default).
     pub limits: Limits,
+    /// Query commands the proxy sends by itself on each connection once the client has
+    /// negotiated, keeping the replies from the client (see [`poll`]); `None` relays only.
+    pub poll: Option<Poll>,
 }
 
 /// When and how to stop.
@@ -211,7 +216,14 @@ async fn serve(
         },
         () = stop.cancelled() => return refuse(conn, &sink, &config.upstream, "shutdown before connecting"),
     };
-    let relay = relay::Relay::new(conn, client, upstream, sink, config.limits);
+    let relay = relay::Relay::new(
+        conn,
+        client,
+        upstream,
+        sink,
+        config.limits,
+        config.poll.as_ref(),
+    );
     let closer = relay.closer();
     let mut job = tokio::task::spawn_blocking(move || relay.run());
     tokio::select! {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use qmptap::addr::Addr;
 use qmptap::capture::{Header, OnWriteError, Record, Sink};
-use qmptap::proxy::{self, Config, Listener};
+use qmptap::proxy::{self, Config, Listener, Poll};
 use qmptap::wire::Limits;
 
 use crate::args::{self, RecordArgs};
@@ -32,6 +32,12 @@ impl TryFrom<&RecordArgs> for Validated {
         if !a.grace.is_finite() || a.grace < 0.0 {
             bail!("invalid --grace '{}': expected seconds, 0 or more", a.grace);
         }
+        let poll = a
+            .poll
+            .as_deref()
+            .map(str::parse::<Poll>)
+            .transpose()
+            .context("--poll")?;
         let policy = match a.on_write_error {
             args::OnWriteError::Continue => OnWriteError::Continue,
             args::OnWriteError::Fail => OnWriteError::Fail,
@@ -42,6 +48,7 @@ impl TryFrom<&RecordArgs> for Validated {
                 upstream,
                 socket_mode,
                 limits: Limits::QEMU,
+                poll,
             },
             policy,
             grace: Duration::from_secs_f64(a.grace),
