@@ -358,3 +358,92 @@ fn a_migration_is_sampled_by_the_proxy_to_completion() {
     );
     assert_pairs_in_the_session(&proxy_capture(&dir));
 }
+
+/// A capture with polls: `replay` sends only the client's messages and expects only their
+/// replies, `serve` offers only the client's interactions, `diff` sees only the client, and
+/// `check` validates the polls with the rest.
+#[test]
+fn replay_serve_diff_and_check_leave_the_polls_to_the_proxy() {
+    let dir = TempDir::new("poll-consumers");
+    let qemu = Qemu::start(&dir);
+    let proxy = Proxy::start_polling(&dir, qemu.addr(), Some("query-status,query-name@40ms"));
+    let mut c = Client::connect(&proxy.listen);
+    c.negotiate();
+    assert_eq!(
+        c.execute(r#"{"execute": "query-status", "id": 1}"#)["return"]["status"],
+        "running"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    c.execute(r#"{"execute": "query-version", "id": 2}"#);
+    end(c);
+    let records = proxy.stop();
+    let polled: Vec<Option<String>> = proxy_msgs(&records, 1)
+        .into_iter()
+        .filter(|m| m.dir == Dir::C2s)
+        .map(|m| m.name)
+        .collect();
+    assert!(
+        polled.iter().any(|n| n.as_deref() == Some("query-name")),
+        "{polled:?}"
+    );
+    let capture = proxy_capture(&dir);
+    let client_sent = msgs(&records, 1, Dir::C2s).len() as u64;
+    assert_eq!(client_sent, 3);
+
+    let options = qmptap::replay::client::Options {
+        target: qemu.addr(),
+        conns: Vec::new(),
+        pace: qmptap::replay::Pace::Asap,
+        timeout: Duration::from_secs(20),
+        normalizer: qmptap::normalize::Normalizer::default(),
+        rewrites: Vec::new(),
+    };
+    let report = qmptap::replay::client::replay(&capture, &options).unwrap();
+    assert!(report.is_clean(), "{report:#?}");
+    assert_eq!(report.connections[0].sent, client_sent);
+    assert_eq!(
+        report.connections[0].matched, 4,
+        "greeting and three replies"
+    );
+
+    let script =
+        qmptap::replay::server::Script::load(&capture, qmptap::normalize::Normalizer::default())
+            .unwrap();
+    let offered: Vec<&str> = script
+        .interactions
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    assert_eq!(
+        offered,
+        ["qmp_capabilities", "query-status", "query-version"]
+    );
+
+    // The same client session recorded without polling is the same session.
+    let plain_dir = TempDir::new("poll-consumers-plain");
+    let plain = Proxy::start(&plain_dir, qemu.addr());
+    let mut p = Client::connect(&plain.listen);
+    p.negotiate();
+    p.execute(r#"{"execute": "query-status", "id": 1}"#);
+    p.execute(r#"{"execute": "query-version", "id": 2}"#);
+    end(p);
+    plain.stop();
+    let diff = qmptap::diff::diff(
+        &capture,
+        &plain_dir.path("capture.jsonl"),
+        &qmptap::normalize::Normalizer::default(),
+    )
+    .unwrap();
+    assert!(diff.is_same(), "{diff:#?}");
+
+    let schema = qmptap::audit::schema_for(&capture, None).unwrap();
+    let report =
+        qmptap::audit::check_capture(&capture, &schema, qmptap::schema::check::Policy::default())
+            .unwrap();
+    let all = records
+        .iter()
+        .filter(|l| matches!(l.record, Record::Msg(_)))
+        .count();
+    assert_eq!(report.messages as usize, all, "every message is checked");
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+}
