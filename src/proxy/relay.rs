@@ -144,6 +144,26 @@ impl Recorder {
         Ok(())
     }
 
+    /// Tries to hand the rest of a proxy command to the socket without waiting; `true` when
+    /// nothing is left (or the socket failed for good, which the client's direction sees).
+    fn flush_unsent(&mut self, dst: &Stream) -> bool {
+        match self.flush_poll(dst) {
+            Ok(()) => true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                false
+            }
+            Err(e) => {
+                tracing::debug!(conn = self.conn, cause = %e, "cannot send a poll");
+                true
+            }
+        }
+    }
+
     /// Sends command `i`'s next poll if the client's stream is at a frame boundary and the
     /// socket takes it now. Returns whether it went out (or failed for good: the client's
     /// direction will see the same failure).
@@ -154,12 +174,12 @@ impl Recorder {
         if self.decoders[c2s].incomplete_since().is_some() || self.pending_fds[c2s] > 0 {
             return false;
         }
+        if !self.flush_unsent(dst) {
+            return false;
+        }
         let Some(poll) = &mut self.poll else {
             return true;
         };
-        if !poll.unsent.is_empty() {
-            return false;
-        }
         let bytes = poll.request(i);
         let sent = match dst.try_send(&bytes, &[]) {
             Ok(sent) => sent,
@@ -374,13 +394,15 @@ fn run_polls(upstream: &Stream, rec: &Mutex<Recorder>, stop: &PollStop) {
                 _ => continue,
             }
         };
-        while !due.is_empty() {
-            {
+        loop {
+            let left = {
                 let mut recorder = lock(rec);
                 due.retain(|&i| !recorder.send_poll(i, upstream));
-            }
-            if !due.is_empty()
-                && (Instant::now() + RETRY >= next || !stop.sleep_until(Instant::now() + RETRY))
+                // The rest of a poll the socket took only in part must not wait for the
+                // client's next bytes.
+                !due.is_empty() || !recorder.flush_unsent(upstream)
+            };
+            if !left || Instant::now() + RETRY >= next || !stop.sleep_until(Instant::now() + RETRY)
             {
                 // Still mid-frame when the next tick comes: that tick tries again.
                 break;
