@@ -166,7 +166,13 @@ impl Tracker {
                 if !matches!(m.kind, Kind::Return | Kind::Error) {
                     return Role::Other;
                 }
-                let id = Head::of(m).id;
+                // Only out-of-band commands are matched by id: with none pending, the reply's
+                // id is not needed (and a large reply is not parsed for it).
+                let id = if state.pending.iter().any(|p| p.oob) {
+                    Head::of(m).id
+                } else {
+                    None
+                };
                 let index = match &id {
                     // An out-of-band command answered out of order is matched by its id.
                     Some(id) => state

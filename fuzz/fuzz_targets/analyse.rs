@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     input.push(b'\n');
     input.extend_from_slice(data);
     let Ok(reader) = Reader::new(Box::new(Cursor::new(input)), "fuzz.jsonl".into()) else { return };
-    let mut analyser = Analyser::new(&Options { stall_polls: 2, keep_rows: true });
+    let mut analyser = Analyser::new(&Options { stall_polls: 2, keep_rows: true, models: true });
     for located in reader {
         let Ok(located) = located else { break };
         analyser.observe(located.line, &located.record);

@@ -35,6 +35,9 @@ pub struct Options {
     /// Keep the rows of the transactions and events tables (memory grows with the capture;
     /// `stats` leaves this off).
     pub keep_rows: bool,
+    /// Feed the jobs and migration models (they keep every state and sample, so memory grows
+    /// with the jobs and migrations in the capture; `stats` turns them off).
+    pub models: bool,
 }
 
 impl Default for Options {
@@ -42,6 +45,7 @@ impl Default for Options {
         Options {
             stall_polls: 5,
             keep_rows: false,
+            models: true,
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct Analyser {
     /// Table rows, when [`Options::keep_rows`] is set.
     pub rows: Option<tables::Rows>,
     recent_events: VecDeque<(String, Time)>,
+    models: bool,
 }
 
 /// How many recent events are remembered to recognise the same event on another connection.
@@ -93,6 +98,7 @@ impl Analyser {
             migration: migration::Migration::new(options.stall_polls),
             rows: options.keep_rows.then(tables::Rows::default),
             recent_events: VecDeque::new(),
+            models: options.models,
         }
     }
 
@@ -110,22 +116,23 @@ impl Analyser {
         // The models need the JSON of a few messages only; `stats` alone never parses it.
         let name = msg.name.as_deref().unwrap_or("");
         let wanted = self.rows.is_some()
-            || match msg.kind {
-                Kind::Event => {
-                    jobs::READS_EVENT.contains(&name) || migration::READS_EVENT.contains(&name)
-                }
-                Kind::Command => {
-                    migration::READS_COMMAND.contains(&name)
-                        || msg.json.as_ref().is_some_and(|j| jobs::starts_a_job(j))
-                }
-                Kind::Return | Kind::Error => matches!(
-                    &role,
-                    Role::Reply { command: Some(c), .. }
-                        if jobs::READS_REPLY.contains(&c.as_str())
-                            || migration::READS_REPLY.contains(&c.as_str())
-                ),
-                _ => false,
-            };
+            || self.models
+                && match msg.kind {
+                    Kind::Event => {
+                        jobs::READS_EVENT.contains(&name) || migration::READS_EVENT.contains(&name)
+                    }
+                    Kind::Command => {
+                        migration::READS_COMMAND.contains(&name)
+                            || msg.json.as_ref().is_some_and(|j| jobs::starts_a_job(j))
+                    }
+                    Kind::Return | Kind::Error => matches!(
+                        &role,
+                        Role::Reply { command: Some(c), .. }
+                            if jobs::READS_REPLY.contains(&c.as_str())
+                                || migration::READS_REPLY.contains(&c.as_str())
+                    ),
+                    _ => false,
+                };
         if !wanted {
             return role;
         }
@@ -145,8 +152,10 @@ impl Analyser {
             at,
             duplicate,
         };
-        self.jobs.observe(&observed);
-        self.migration.observe(&observed);
+        if self.models {
+            self.jobs.observe(&observed);
+            self.migration.observe(&observed);
+        }
         if let Some(rows) = &mut self.rows {
             rows.observe_msg(&observed);
         }
@@ -228,15 +237,16 @@ pub fn analyse_file(
     let reader = crate::capture::Reader::new(Box::new(input), name.clone())?;
     let mut analyser = Analyser::new(options);
     let mut reported = 0;
-    for located in reader {
-        let located = located?;
+    // Parsing records is most of the work: it runs on every core, the models in file order.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    reader.for_each_parallel(threads, |located| {
         analyser.observe(located.line, &located.record);
         let now = done.load(Ordering::Relaxed);
         if now >= reported + (1 << 20) {
             reported = now;
             progress(now, total);
         }
-    }
+    })?;
     progress(done.load(Ordering::Relaxed), total);
     Ok(analyser)
 }

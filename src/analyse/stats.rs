@@ -2,7 +2,7 @@
 //! names and connections, never with the number of messages, so `qmptap stats` streams
 //! captures of any size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -95,11 +95,11 @@ impl ConnStats {
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Per command name.
-    pub commands: BTreeMap<String, CommandStats>,
+    pub commands: HashMap<String, CommandStats>,
     /// Events per name.
-    pub events: BTreeMap<String, u64>,
+    pub events: HashMap<String, u64>,
     /// Per connection id.
-    pub connections: BTreeMap<u64, ConnStats>,
+    pub connections: HashMap<u64, ConnStats>,
     /// Messages of every kind.
     pub messages: u64,
     /// Client frames that were not valid JSON.
@@ -108,6 +108,8 @@ pub struct Stats {
     pub unpaired_replies: u64,
     /// Records lost while recording (gap records).
     pub lost: u64,
+    /// Messages qmptap's own polls exchanged (`record --poll`): not counted as the client's.
+    pub proxy_messages: u64,
     /// First and last time in the capture.
     pub span: Option<(Time, Time)>,
 }
@@ -134,6 +136,10 @@ impl Stats {
                 c.c2s_bytes = cl.c2s_bytes;
                 c.s2c_bytes = cl.s2c_bytes;
                 self.widen(cl.t);
+            }
+            Record::Msg(m) if m.is_proxy() => {
+                self.proxy_messages += 1;
+                self.widen(m.t);
             }
             Record::Msg(m) => {
                 self.messages += 1;
@@ -162,10 +168,13 @@ impl Stats {
                     }
                     (Dir::C2s, Kind::Invalid) => self.invalid += 1,
                     (Dir::S2c, Kind::Event) => {
-                        *self
-                            .events
-                            .entry(m.name.clone().unwrap_or_default())
-                            .or_default() += 1;
+                        let name = m.name.as_deref().unwrap_or_default();
+                        match self.events.get_mut(name) {
+                            Some(n) => *n += 1,
+                            None => {
+                                self.events.insert(name.to_owned(), 1);
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -235,6 +244,7 @@ impl Stats {
         self.invalid += other.invalid;
         self.unpaired_replies += other.unpaired_replies;
         self.lost += other.lost;
+        self.proxy_messages += other.proxy_messages;
         if let Some((a, b)) = other.span {
             self.widen(a);
             self.widen(b);
@@ -292,6 +302,8 @@ pub struct Report {
     pub unpaired_replies: u64,
     /// Records lost while recording.
     pub lost: u64,
+    /// Messages of qmptap's own polls (not counted above).
+    pub proxy_messages: u64,
     /// Per command, most sent first.
     pub commands: Vec<CommandRow>,
     /// Events per name, most frequent first.
@@ -330,6 +342,7 @@ impl Stats {
     pub fn event_rows(&self) -> Vec<(String, u64)> {
         let mut rows: Vec<(String, u64)> =
             self.events.iter().map(|(n, c)| (n.clone(), *c)).collect();
+        // Most frequent first; names break ties, so the order does not depend on hashing.
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         rows
     }
@@ -343,7 +356,11 @@ impl Report {
         let mut connections = Vec::new();
         let mut names = Vec::new();
         for (name, mut stats) in captures {
-            for (_, c) in std::mem::take(&mut stats.connections) {
+            let mut conns: Vec<ConnStats> = std::mem::take(&mut stats.connections)
+                .into_values()
+                .collect();
+            conns.sort_by_key(|c| c.conn);
+            for c in conns {
                 connections.push(ConnRow {
                     capture: name.clone(),
                     duration_us: c.duration_us(),
@@ -360,6 +377,7 @@ impl Report {
             invalid: total.invalid,
             unpaired_replies: total.unpaired_replies,
             lost: total.lost,
+            proxy_messages: total.proxy_messages,
             commands: total.command_rows(),
             events: total.event_rows(),
             connections,

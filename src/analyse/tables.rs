@@ -91,6 +91,7 @@ struct TxRow {
     command: Option<String>,
     id: Option<String>,
     oob: bool,
+    proxy: bool,
     sent: Time,
     sent_bytes: u64,
     replied: Option<Time>,
@@ -155,6 +156,7 @@ impl Rows {
                     command: m.name.clone(),
                     id,
                     oob,
+                    proxy: m.is_proxy(),
                     sent: m.t,
                     sent_bytes: wire_len(m),
                     replied: None,
@@ -235,6 +237,12 @@ pub fn transactions(rows: &Rows) -> Result<DataFrame, TableError> {
             ),
             col("id", t.iter().map(|r| r.id.clone()).collect::<Vec<_>>()),
             col("oob", t.iter().map(|r| r.oob).collect::<Vec<_>>()),
+            col(
+                "origin",
+                t.iter()
+                    .map(|r| if r.proxy { "proxy" } else { "client" })
+                    .collect::<Vec<_>>(),
+            ),
             time_column("sent", t.iter().map(|r| Some(micros(r.sent))).collect()),
             time_column("replied", t.iter().map(|r| r.replied.map(micros)).collect()),
             col(

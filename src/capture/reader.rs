@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
 
 use super::record::{FORMAT, Header, Record, VERSION};
 
@@ -216,36 +217,287 @@ impl Reader {
             let Some(complete) = self.next_line()? else {
                 return Ok(None);
             };
-            if self.buf.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            return match Record::parse(&self.buf) {
-                Ok(Record::Header(_)) => Err(self.invalid("a second header".into())),
-                Ok(record) => {
-                    check(&record).map_err(|why| self.invalid(why))?;
-                    Ok(Some(Located {
-                        line: self.line,
-                        record,
-                    }))
-                }
-                Err(_) if !complete => {
-                    // The writer builds each line in memory and writes it whole, so an
-                    // unterminated last line can only be a write cut short by a crash.
-                    tracing::warn!(file = %self.source_name, line = self.line, "skipping a torn last line (the recorder stopped while writing it)");
+            match parse_line(&self.buf, complete, self.line, &self.source_name)? {
+                Line::Blank => {}
+                Line::Record(located) => return Ok(Some(located)),
+                Line::Torn => {
                     self.torn_tail = Some(self.line);
-                    Ok(None)
+                    return Ok(None);
                 }
-                Err(e) => Err(self.invalid(e.to_string())),
-            };
+            }
         }
     }
 
-    fn invalid(&self, why: String) -> CaptureError {
-        CaptureError::InvalidRecord {
-            source_name: self.source_name.clone(),
-            line: self.line,
-            why,
+    /// Hands every remaining record to `f`, in order, parsing on `threads` threads: the same
+    /// records, the same errors (after the records before them) and the same torn-tail rule
+    /// as iterating, about `threads` times faster on large captures. Memory stays bounded:
+    /// at most a few chunks of [`CHUNK_BYTES`] per thread are in flight.
+    pub fn for_each_parallel(
+        mut self,
+        threads: usize,
+        mut f: impl FnMut(Located),
+    ) -> Result<(), CaptureError> {
+        if self.done {
+            return Ok(());
         }
+        let threads = threads.max(1);
+        let source_name = self.source_name.clone();
+        let first_line = self.line + 1;
+        let mut input = std::mem::replace(&mut self.input, Box::new(io::empty()));
+        std::thread::scope(|scope| {
+            let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(threads * 2);
+            let work_rx = Arc::new(Mutex::new(work_rx));
+            let (done_tx, done_rx) = mpsc::channel::<(u64, Parsed)>();
+            // One token per chunk in flight, returned once its records are handed over: the
+            // parsers never run further ahead of `f` than this.
+            let (token_tx, token_rx) = mpsc::sync_channel::<()>(threads * 4);
+            for _ in 0..threads * 4 {
+                let _ = token_tx.send(());
+            }
+            {
+                let done_tx = done_tx.clone();
+                let source_name = source_name.clone();
+                scope.spawn(move || {
+                    for index in 0.. {
+                        if token_rx.recv().is_err() {
+                            return;
+                        }
+                        match read_chunk(&mut input, &source_name) {
+                            Ok(None) => return,
+                            Ok(Some(bytes)) => {
+                                let chunk = Chunk { index, bytes };
+                                if work_tx.send(chunk).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let parsed = Parsed {
+                                    records: Vec::new(),
+                                    end: Some(End::Error(e)),
+                                    lines: 0,
+                                };
+                                let _ = done_tx.send((index, parsed));
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            for _ in 0..threads {
+                let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
+                let source_name = source_name.clone();
+                scope.spawn(move || {
+                    loop {
+                        let chunk = match work_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(chunk) = chunk else { return };
+                        let parsed = parse_chunk(&chunk, &source_name);
+                        if done_tx.send((chunk.index, parsed)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            // Chunks finish in any order; records are handed over in file order, their line
+            // numbers (counted from each chunk's start) made the file's.
+            let mut ready = std::collections::BTreeMap::new();
+            let mut next = 0;
+            let mut before = first_line - 1;
+            for (index, parsed) in done_rx {
+                ready.insert(index, parsed);
+                while let Some(Parsed {
+                    records,
+                    end,
+                    lines,
+                }) = ready.remove(&next)
+                {
+                    next += 1;
+                    let _ = token_tx.try_send(());
+                    for mut located in records {
+                        located.line += before;
+                        f(located);
+                    }
+                    match end {
+                        None => {}
+                        Some(End::Torn) => return Ok(()),
+                        Some(End::Error(e)) => return Err(e.after_lines(before)),
+                    }
+                    before += lines;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What one line of a capture holds.
+enum Line {
+    /// Nothing (whitespace).
+    Blank,
+    /// A record.
+    Record(Located),
+    /// An unterminated last line that does not parse: a write cut short by a crash.
+    Torn,
+}
+
+/// Parses line `line` (without its newline; `complete` when a newline ended it).
+fn parse_line(
+    buf: &[u8],
+    complete: bool,
+    line: u64,
+    source_name: &str,
+) -> Result<Line, CaptureError> {
+    let invalid = |why: String| CaptureError::InvalidRecord {
+        source_name: source_name.to_owned(),
+        line,
+        why,
+    };
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Line::Blank);
+    }
+    match Record::parse(buf) {
+        Ok(Record::Header(_)) => Err(invalid("a second header".into())),
+        Ok(record) => {
+            check(&record).map_err(invalid)?;
+            Ok(Line::Record(Located { line, record }))
+        }
+        Err(_) if !complete => {
+            // The writer builds each line in memory and writes it whole, so an unterminated
+            // last line can only be a write cut short by a crash.
+            tracing::warn!(file = %source_name, line, "skipping a torn last line (the recorder stopped while writing it)");
+            Ok(Line::Torn)
+        }
+        Err(e) => Err(invalid(e.to_string())),
+    }
+}
+
+/// Bytes handed to one parsing thread at a time by [`Reader::for_each_parallel`].
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Whole lines of a capture, for one parsing thread.
+struct Chunk {
+    index: u64,
+    bytes: Vec<u8>,
+}
+
+/// How a chunk ended, if not simply at its end.
+enum End {
+    /// At a torn last line.
+    Torn,
+    /// At an error.
+    Error(CaptureError),
+}
+
+/// A chunk's records, numbered from its first line (1), how it ended, and its line count.
+struct Parsed {
+    records: Vec<Located>,
+    end: Option<End>,
+    lines: u64,
+}
+
+impl CaptureError {
+    /// The same error with its line number moved on by `lines`.
+    fn after_lines(self, lines: u64) -> CaptureError {
+        match self {
+            CaptureError::InvalidRecord {
+                source_name,
+                line,
+                why,
+            } => CaptureError::InvalidRecord {
+                source_name,
+                line: line + lines,
+                why,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Reads about [`CHUNK_BYTES`] of whole lines, or `None` at the end. An error's line number
+/// counts from the chunk's first line.
+fn read_chunk(
+    input: &mut (impl BufRead + ?Sized),
+    source_name: &str,
+) -> Result<Option<Vec<u8>>, CaptureError> {
+    let io = |source| CaptureError::Io {
+        source_name: source_name.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::with_capacity(CHUNK_BYTES + 4096);
+    input
+        .take(CHUNK_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes.last() != Some(&b'\n') {
+        // Finish the line the chunk ends in (bounded, as the line-by-line reader is).
+        let before = bytes.len();
+        input
+            .take((MAX_RECORD_BYTES + 1) as u64)
+            .read_until(b'\n', &mut bytes)
+            .map_err(io)?;
+        let start = bytes[..before]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let tail = bytes.len() - start - usize::from(bytes.last() == Some(&b'\n'));
+        if tail > MAX_RECORD_BYTES {
+            let lines = memchr::memchr_iter(b'\n', &bytes[..start]).count() as u64;
+            return Err(CaptureError::InvalidRecord {
+                source_name: source_name.to_owned(),
+                line: lines + 1,
+                why: format!("longer than {MAX_RECORD_BYTES} bytes"),
+            });
+        }
+    }
+    Ok(Some(bytes))
+}
+
+/// Parses the lines of a chunk; stops at the first error or torn line.
+fn parse_chunk(chunk: &Chunk, source_name: &str) -> Parsed {
+    let mut records = Vec::new();
+    let mut rest = &chunk.bytes[..];
+    let mut line = 1;
+    while !rest.is_empty() {
+        let (text, complete, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], true, &rest[i + 1..]),
+            None => (rest, false, &rest[rest.len()..]),
+        };
+        let text = if complete {
+            text.strip_suffix(b"\r").unwrap_or(text)
+        } else {
+            text
+        };
+        match parse_line(text, complete, line, source_name) {
+            Ok(Line::Blank) => {}
+            Ok(Line::Record(located)) => records.push(located),
+            Ok(Line::Torn) => {
+                return Parsed {
+                    records,
+                    end: Some(End::Torn),
+                    lines: line,
+                };
+            }
+            Err(e) => {
+                return Parsed {
+                    records,
+                    end: Some(End::Error(e)),
+                    lines: line,
+                };
+            }
+        }
+        rest = next;
+        line += 1;
+    }
+    Parsed {
+        records,
+        end: None,
+        lines: line - 1,
     }
 }
 
@@ -289,6 +541,59 @@ impl Iterator for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records and the error (as text) the line-by-line reader gives, and the parallel one.
+    fn both(text: &[u8]) -> [(Vec<Located>, Option<String>); 2] {
+        let open =
+            || Reader::new(Box::new(io::Cursor::new(text.to_vec())), "t.jsonl".into()).unwrap();
+        let mut serial = (Vec::new(), None);
+        for r in open() {
+            match r {
+                Ok(l) => serial.0.push(l),
+                Err(e) => serial.1 = Some(e.to_string()),
+            }
+        }
+        let mut parallel = (Vec::new(), None);
+        if let Err(e) = open().for_each_parallel(3, |l| parallel.0.push(l)) {
+            parallel.1 = Some(e.to_string());
+        }
+        [serial, parallel]
+    }
+
+    #[test]
+    fn parallel_reading_is_serial_reading_across_chunks() {
+        let mut text = format!("{HEADER}\n{OPEN}\n").into_bytes();
+        // Several chunks' worth, with blank and CRLF lines on the way.
+        for i in 0..20_000 {
+            let line = MSG.replace("\"seq\":0", &format!("\"seq\":{i}"));
+            text.extend_from_slice(line.as_bytes());
+            text.extend_from_slice(if i % 1000 == 7 { b"\r\n\n" } else { b"\n" });
+        }
+        assert!(text.len() > 2 * CHUNK_BYTES);
+        let [serial, parallel] = both(&text);
+        assert_eq!(serial.0.len(), 20_001);
+        assert_eq!(serial, parallel);
+
+        // An invalid line late in the file: the same records before it, the same error.
+        let mut bad = text.clone();
+        bad.extend_from_slice(b"{\"type\":\"msg\"}\n");
+        bad.extend_from_slice(MSG.as_bytes());
+        bad.push(b'\n');
+        let [serial, parallel] = both(&bad);
+        assert!(
+            serial.1.as_deref().is_some_and(|e| e.contains("t.jsonl:")),
+            "{:?}",
+            serial.1
+        );
+        assert_eq!(serial, parallel);
+
+        // A torn last line is skipped by both.
+        let mut torn = text;
+        torn.extend_from_slice(&MSG.as_bytes()[..40]);
+        let [serial, parallel] = both(&torn);
+        assert_eq!((serial.0.len(), serial.1.as_ref()), (20_001, None));
+        assert_eq!(serial, parallel);
+    }
 
     const HEADER: &str = r#"{"type":"header","format":"qmptap-capture","version":1,"created":"2026-11-25T19:10:13.072123Z","tool":"qmptap 0.1.0"}"#;
     const OPEN: &str = r#"{"type":"open","conn":1,"t":"2026-11-25T19:10:13.072200Z","peer":{"pid":42,"uid":0,"gid":0}}"#;

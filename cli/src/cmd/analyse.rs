@@ -126,7 +126,11 @@ fn analyse(path: &std::path::Path, options: &Options, quiet: bool) -> Result<Ana
 pub fn stats(args: &StatsArgs, global: &Global) -> Result<ExitCode> {
     let mut captures = Vec::new();
     for path in &args.captures {
-        let a = analyse(path, &Options::default(), global.quiet)?;
+        let options = Options {
+            models: false,
+            ..Options::default()
+        };
+        let a = analyse(path, &options, global.quiet)?;
         captures.push((path.display().to_string(), a.stats));
     }
     let mut report = stats::Report::new(captures);
@@ -153,6 +157,12 @@ fn print_stats(out: &mut impl Write, r: &stats::Report, color: bool) -> std::io:
     }
     if r.unpaired_replies > 0 {
         extra.push(format!("{} replies to nothing", r.unpaired_replies));
+    }
+    if r.proxy_messages > 0 {
+        extra.push(format!(
+            "{} messages of qmptap's own polls left out",
+            r.proxy_messages
+        ));
     }
     if r.lost > 0 {
         extra.push(format!("{} records lost while recording", r.lost));
