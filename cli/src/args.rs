@@ -114,6 +114,17 @@ pub enum Command {
     ///
     /// Exit status: 0 written, 2 could not run.
     Export(ExportArgs),
+    /// A terminal monitor: browse a capture, follow one being recorded (--follow), replay
+    /// one in real time (--replay, --speed), or run the recording proxy and watch it live
+    /// (--listen, --upstream, optionally -o and --poll).
+    ///
+    /// Tabs: the message stream with an inspector (pretty JSON, the paired command or reply,
+    /// schema findings), the migration dashboard, the jobs board, and top commands. Press ?
+    /// for the keys. Logs go to --log (default: qmptap-tui.log in the temporary directory),
+    /// never to the terminal.
+    ///
+    /// Exit status: 0 quit, 2 could not run.
+    Tui(TuiArgs),
     /// Inspect, compare and export QMP schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -307,6 +318,41 @@ pub enum ExportFormat {
     Csv,
     Parquet,
     Ndjson,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["capture", "replay", "listen"])))]
+pub struct TuiArgs {
+    /// A capture to browse (with --follow: to follow as it grows).
+    pub capture: Option<PathBuf>,
+    /// Follow CAPTURE as `qmptap record` writes it.
+    #[arg(long, requires = "capture")]
+    pub follow: bool,
+    /// Play this capture into the views at its recorded pace.
+    #[arg(long, value_name = "CAPTURE")]
+    pub replay: Option<PathBuf>,
+    /// With --replay: this many times faster than recorded.
+    #[arg(long, value_name = "N", default_value_t = 1.0, requires = "replay")]
+    pub speed: f64,
+    /// Run the recording proxy: where clients connect (unix:PATH or tcp:HOST:PORT).
+    #[arg(long, value_name = "ADDR", requires = "upstream")]
+    pub listen: Option<String>,
+    /// With --listen: the QMP monitor to relay to.
+    #[arg(long, value_name = "ADDR", requires = "listen")]
+    pub upstream: Option<String>,
+    /// With --listen: also write the capture to FILE.
+    #[arg(short, long, value_name = "FILE", requires = "listen")]
+    pub output: Option<PathBuf>,
+    /// With --listen: have the proxy poll these query commands itself once the client has
+    /// negotiated (see record --help).
+    #[arg(long, value_name = "CMD,...[@INTERVAL]", requires = "listen")]
+    pub poll: Option<String>,
+    /// With --listen: permission bits of the listening UNIX socket.
+    #[arg(long, value_name = "MODE", default_value = "0600")]
+    pub socket_mode: String,
+    /// Write logs here.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

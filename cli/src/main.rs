@@ -15,7 +15,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    cmd::init_logging(cli.global.verbose, cli.global.quiet);
+    if let args::Command::Tui(a) = &cli.command {
+        let log = a
+            .log
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("qmptap-tui.log"));
+        if let Err(err) = cmd::init_logging_to_file(cli.global.verbose, &log) {
+            eprintln!("qmptap: {err:#}");
+            return ExitCode::from(cmd::EXIT_ERROR);
+        }
+    } else {
+        cmd::init_logging(cli.global.verbose, cli.global.quiet);
+    }
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) => {

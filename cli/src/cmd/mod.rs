@@ -8,6 +8,7 @@ mod replay;
 mod schema;
 mod serve;
 mod show;
+mod tui;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -37,7 +38,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Jobs(args) => analyse::jobs(&args, &cli.global),
         Command::Migration(args) => analyse::migration(&args, &cli.global),
         Command::Export(args) => analyse::export(&args),
+        Command::Tui(args) => tui::run(&args, cli.global.color),
     }
+}
+
+/// Logging for a full-screen command: to a file, never to the terminal.
+pub fn init_logging_to_file(verbose: u8, path: &std::path::Path) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose == 0 { "info" } else { "debug" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open the log '{}': {e}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .init();
+    Ok(())
 }
 
 pub fn init_logging(verbose: u8, quiet: bool) {

@@ -1,0 +1,69 @@
+//! `qmptap tui`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use qmptap::addr::Addr;
+use qmptap::proxy::{Config, Poll};
+use qmptap::wire::Limits;
+use qmptap_tui::Source;
+
+use crate::args::{ColorChoice, TuiArgs};
+
+pub fn run(args: &TuiArgs, color: ColorChoice) -> Result<ExitCode> {
+    let source = if let Some(path) = &args.replay {
+        if !args.speed.is_finite() || args.speed <= 0.0 {
+            bail!(
+                "invalid --speed '{}': expected a positive number",
+                args.speed
+            );
+        }
+        Source::Replay {
+            path: path.clone(),
+            speed: args.speed,
+        }
+    } else if let (Some(listen), Some(upstream)) = (&args.listen, &args.upstream) {
+        let listen: Addr = listen.parse().context("--listen")?;
+        let upstream: Addr = upstream.parse().context("--upstream")?;
+        if listen == upstream {
+            bail!("--listen and --upstream are the same address '{listen}'");
+        }
+        let poll = args
+            .poll
+            .as_deref()
+            .map(str::parse::<Poll>)
+            .transpose()
+            .context("--poll")?;
+        Source::Live {
+            config: Config {
+                listen,
+                upstream,
+                socket_mode: super::socket_mode(&args.socket_mode)?,
+                limits: Limits::QEMU,
+                poll,
+            },
+            output: args.output.clone(),
+        }
+    } else if let Some(path) = &args.capture {
+        // Fail before the screen is taken over when the capture cannot be read.
+        std::fs::File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        if args.follow {
+            Source::Follow(path.clone())
+        } else {
+            Source::File(path.clone())
+        }
+    } else {
+        bail!("give a CAPTURE, --replay CAPTURE or --listen ADDR --upstream ADDR");
+    };
+    qmptap_tui::run(&source, tui_color(color))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Colour on the terminal unless NO_COLOR is set or --color never.
+fn tui_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    }
+}
