@@ -574,3 +574,190 @@ fn serve_require_all_fails_when_interactions_are_left() {
         "{report}"
     );
 }
+
+/// Runs tmux with the given arguments, failing loudly when it is missing.
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is required: apt-get install tmux (see scripts/setup.sh)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every JSON value in `bytes`, in order.
+fn values(bytes: &[u8]) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A tmux session, killed when dropped.
+struct Session(String);
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// The whole monitor in a real terminal (tmux) during a live migration between two real
+/// QEMUs: `qmptap tui --listen ... --poll query-migrate` polls for a client that never
+/// does, the dashboard's gauge climbs to completed, and the client gets exactly the replies
+/// it asked for.
+#[test]
+fn tui_follows_a_live_migration_with_its_own_polls() {
+    let dir = TempDir::new("tui-live");
+    let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
+    let base = [
+        "-machine",
+        "pc,accel=tcg",
+        "-m",
+        "128",
+        "-nodefaults",
+        "-display",
+        "none",
+    ];
+    let spawn = |args: &[String]| {
+        Killed(
+            Command::new("qemu-system-x86_64")
+                .args(base)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("qemu-system-x86_64 is required: apt-get install qemu-system-x86"),
+        )
+    };
+    let mig = dir.path("mig.sock");
+    let _dst = spawn(&[
+        "-qmp".into(),
+        qmp("dst.sock"),
+        "-incoming".into(),
+        format!("unix:{}", mig.display()),
+    ]);
+    let _src = spawn(&["-qmp".into(), qmp("src.sock")]);
+    let wait = |p: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !p.exists() {
+            assert!(Instant::now() < deadline, "{} never appeared", p.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait(&dir.path("src.sock"));
+    wait(&mig);
+
+    let session = format!("qmptap-test-{}", std::process::id());
+    let command = format!(
+        "{BIN} tui --listen unix:{} --upstream unix:{} --poll query-migrate@100ms -o {} --log {}",
+        dir.path("proxy.sock").display(),
+        dir.path("src.sock").display(),
+        dir.path("capture.jsonl").display(),
+        dir.path("tui.log").display(),
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "150",
+        "-y",
+        "45",
+        &command,
+    ]);
+    let _session = Session(session.clone());
+    wait(&dir.path("proxy.sock"));
+
+    // The client: negotiates, slows the migration down so that it is watchable, starts it,
+    // and never polls.
+    let mut client = UnixStream::connect(dir.path("proxy.sock")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut received = Vec::new();
+    let read_some = |client: &mut UnixStream, received: &mut Vec<u8>| {
+        let mut buf = [0u8; 4096];
+        match client.read(&mut buf) {
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("client read: {e}"),
+        }
+    };
+    for cmd in [
+        r#"{"execute":"qmp_capabilities","id":"c1"}"#.to_owned(),
+        r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":300000},"id":"c2"}"#
+            .to_owned(),
+        format!(
+            r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}},"id":"c3"}}"#,
+            mig.display()
+        ),
+    ] {
+        client.write_all(cmd.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        read_some(&mut client, &mut received);
+    }
+    tmux(&["send-keys", "-t", &session, "2"]);
+
+    // Watch the dashboard: the gauge's percentage climbs until the status is completed.
+    let mut seen: Vec<u32> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let screen = loop {
+        read_some(&mut client, &mut received);
+        let screen = tmux(&["capture-pane", "-p", "-t", &session]);
+        if let Some(pct) = screen
+            .lines()
+            .skip_while(|l| !l.contains("RAM sent"))
+            .nth(1)
+            .and_then(|l| l.split('%').next())
+            .and_then(|l| l.rsplit(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse::<u32>().ok())
+        {
+            if seen.last() != Some(&pct) {
+                seen.push(pct);
+            }
+        }
+        if screen.contains("status          completed") {
+            break screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never completed; gauge {seen:?}\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(seen.last(), Some(&100), "{seen:?}\n{screen}");
+    assert!(
+        seen.iter().any(|p| *p > 0 && *p < 100),
+        "the gauge never showed the migration in progress: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+
+    // The client saw its three replies and nothing of the proxy's polls.
+    read_some(&mut client, &mut received);
+    let got = values(&received);
+    assert!(got[0].get("QMP").is_some(), "{got:?}");
+    let ids: Vec<&serde_json::Value> = got.iter().filter_map(|v| v.get("id")).collect();
+    assert_eq!(ids, ["c1", "c2", "c3"], "{got:?}");
+    assert!(
+        got.iter()
+            .all(|v| v.get("QMP").is_some() || v.get("id").is_some() || v.get("event").is_some()),
+        "{got:?}"
+    );
+
+    // Quit; the capture marks the polls as the proxy's own.
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux(&["list-sessions"]).contains(&session) {
+        assert!(Instant::now() < deadline, "the monitor did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(client);
+    let capture = std::fs::read_to_string(dir.path("capture.jsonl")).unwrap();
+    let polls = capture
+        .lines()
+        .filter(|l| l.contains(r#""origin":"proxy""#) && l.contains("\"completed\""))
+        .count();
+    assert!(polls >= 1, "{capture}");
+}
