@@ -7,6 +7,7 @@
 #   scripts/bench.sh replay     replay against a plain client, both on a real QEMU
 #   scripts/bench.sh serve      the mock server against QEMU, pipelined
 #   scripts/bench.sh stats      `qmptap stats` on a 1 GiB capture against jq (SIZE_MB=... to change)
+#   scripts/bench.sh tui        `qmptap tui --follow` chasing 10 000 messages/s: CPU busy and idle
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -48,5 +49,33 @@ if [[ $what == all || $what == stats ]]; then
   printf '%-14s %10s %14s\n' "qmptap stats" "$qs" "$((qk / 1024))"
   printf '%-14s %10s %14s\n' "jq" "$js" "$((jk / 1024))"
   echo "capture: $(du -m "$big" | cut -f1) MiB; qmptap is $(echo "scale=1; $js / $qs" | bc)x faster than jq"
+  rm -r "$out"
+fi
+if [[ $what == all || $what == tui ]]; then
+  cargo build --release -p qmptap-cli
+  out=$(mktemp -d)
+  cap=$out/follow.jsonl
+  : > "$cap"
+  session=qmptap-bench-$$
+  tmux new-session -d -s "$session" -x 160 -y 45 "target/release/qmptap tui --follow $cap --log $out/log"
+  sleep 1
+  pid=$(pgrep -f "qmptap tui --follow $cap")
+  hz=$(getconf CLK_TCK)
+  ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+  seconds=10
+  t0=$(ticks)
+  written=$(python3 scripts/bench/tui-follow.py "$cap" 10000 "$seconds")
+  t1=$(ticks)
+  sleep 1
+  shown=$(tmux capture-pane -p -t "$session" | grep -o '[0-9]* messages' | tail -1 | cut -d' ' -f1)
+  t2=$(ticks)
+  sleep "$seconds"
+  t3=$(ticks)
+  tmux send-keys -t "$session" q
+  sleep 0.5
+  tmux kill-session -t "$session" 2>/dev/null || true
+  echo "following 10 000 messages/s for ${seconds}s: $written messages written, $shown on screen"
+  echo "CPU busy: $(( (t1 - t0) * 100 / (hz * seconds) ))% of one core; idle: $(( (t3 - t2) * 100 / (hz * seconds) ))%"
+  [[ $written == "$shown" ]] || { echo "the monitor lost messages"; exit 1; }
   rm -r "$out"
 fi
