@@ -12,7 +12,7 @@ use qmptap::analyse::{Analyser, Options, event_time};
 use qmptap::capture::Reader;
 use serde_json::Value;
 
-use crate::util::{Client, Proxy, TempDir, qemu_binary, spawn, wait_for_socket};
+use crate::util::{Client, MigrationPair, Proxy, TempDir};
 
 fn capture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,31 +237,8 @@ fn jobs_and_migration_tables_hold_the_timelines() {
 #[test]
 fn a_frozen_destination_is_a_stall_and_polls_stand_in_for_missing_events() {
     let dir = TempDir::new("analyse-stall");
-    let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
-    let base = [
-        "-machine",
-        "pc,accel=tcg",
-        "-m",
-        "128",
-        "-nodefaults",
-        "-display",
-        "none",
-    ];
-    let dst = spawn(
-        Command::new(qemu_binary())
-            .args(base)
-            .args(["-qmp", &qmp("dst.sock")])
-            .arg("-incoming")
-            .arg(format!("unix:{}", dir.path("mig.sock").display())),
-    );
-    let _src = spawn(
-        Command::new(qemu_binary())
-            .args(base)
-            .args(["-qmp", &qmp("src.sock")]),
-    );
-    wait_for_socket(&dir.path("src.sock"));
-    wait_for_socket(&dir.path("mig.sock"));
-    let proxy = Proxy::start(&dir, Addr::Unix(dir.path("src.sock")));
+    let pair = MigrationPair::start(&dir);
+    let proxy = Proxy::start(&dir, Addr::Unix(pair.src_socket.clone()));
     let mut c = Client::connect(&proxy.listen);
     c.negotiate();
     let ok = serde_json::json!({"return": {}});
@@ -270,13 +247,13 @@ fn a_frozen_destination_is_a_stall_and_polls_stand_in_for_missing_events() {
         ok
     );
     let migrate = format!(
-        r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}}}}"#,
-        dir.path("mig.sock").display()
+        r#"{{"execute":"migrate","arguments":{{"uri":"{}"}}}}"#,
+        pair.uri()
     );
     assert_eq!(c.execute(&migrate), ok);
     let signal = |sig: &str| {
         let status = Command::new("kill")
-            .args([sig, &dst.0.id().to_string()])
+            .args([sig, &pair.dst.0.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());

@@ -3,7 +3,6 @@
 //! proxy's, paired with their replies.
 
 use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qmptap::addr::Addr;
@@ -13,8 +12,7 @@ use qmptap::wire::Kind;
 use serde_json::{Value, json};
 
 use crate::util::{
-    Client, Proxy, Qemu, TempDir, assert_capture_matches, msgs, proxy_msgs, qemu_binary,
-    wait_for_socket,
+    Client, MigrationPair, Proxy, Qemu, TempDir, assert_capture_matches, msgs, proxy_msgs,
 };
 
 /// The proxy's commands and replies of connection 1, checked: commands carry the proxy's
@@ -252,54 +250,16 @@ fn nothing_is_polled_before_negotiation() {
     );
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A live migration between two real QEMUs, whose client only sends `migrate` and waits for
 /// the `MIGRATION` event: the capture still holds its progress, sampled by the proxy.
 #[test]
 fn a_migration_is_sampled_by_the_proxy_to_completion() {
     let dir = TempDir::new("poll-migration");
-    let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
-    let base = [
-        "-machine",
-        "pc,accel=tcg",
-        "-m",
-        "128",
-        "-nodefaults",
-        "-display",
-        "none",
-    ];
-    let spawn = |extra: &[String]| {
-        Killed(
-            Command::new(qemu_binary())
-                .args(base)
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start QEMU"),
-        )
-    };
-    let mig = format!("unix:{}", dir.path("mig.sock").display());
-    let _dst = spawn(&[
-        "-qmp".into(),
-        qmp("dst.sock"),
-        "-incoming".into(),
-        mig.clone(),
-    ]);
-    let _src = spawn(&["-qmp".into(), qmp("src.sock")]);
-    wait_for_socket(&dir.path("src.sock"));
-    wait_for_socket(&dir.path("mig.sock"));
+    let pair = MigrationPair::start(&dir);
+    let mig = pair.uri();
     let proxy = Proxy::start_polling(
         &dir,
-        Addr::Unix(dir.path("src.sock")),
+        Addr::Unix(pair.src_socket.clone()),
         Some("query-migrate@100ms"),
     );
     let mut c = Client::connect(&proxy.listen);

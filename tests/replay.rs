@@ -11,7 +11,7 @@ use qmptap::normalize::Normalizer;
 use qmptap::replay::Pace;
 use qmptap::replay::client::{Options, Report, replay};
 
-use crate::util::{Client, Proxy, Qemu, TempDir, spawn, wait_for_socket};
+use crate::util::{Client, MigrationPair, Proxy, Qemu, TempDir, spawn, wait_for_socket};
 
 fn capture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -79,32 +79,9 @@ fn the_migration_capture_replays_clean_against_two_fresh_qemus() {
     let dir = TempDir::new("replay-migration");
     // The recording migrated to a socket in its own temporary directory: point it at ours.
     let recorded = recorded_dir("migration.jsonl", "migrate", "/arguments/uri");
-    let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
-    let base = [
-        "-machine",
-        "pc,accel=tcg",
-        "-m",
-        "128",
-        "-nodefaults",
-        "-display",
-        "none",
-    ];
-    let _dst = spawn(
-        Command::new("qemu-system-x86_64")
-            .args(base)
-            .args(["-qmp", &qmp("dst.sock")])
-            .arg("-incoming")
-            .arg(format!("unix:{}", dir.path("mig.sock").display())),
-    );
-    let _src = spawn(
-        Command::new("qemu-system-x86_64")
-            .args(base)
-            .args(["-qmp", &qmp("src.sock")]),
-    );
-    wait_for_socket(&dir.path("src.sock"));
-    wait_for_socket(&dir.path("mig.sock"));
+    let pair = MigrationPair::start(&dir);
     // Recorded pace: the polls see the migration as it progresses, as they did.
-    let mut o = options(&dir.path("src.sock"));
+    let mut o = options(&pair.src_socket);
     o.pace = Pace::Scaled(1.0);
     o.rewrites = vec![(recorded.display().to_string(), dir.0.display().to_string())];
     assert_clean(&replay(&capture("migration.jsonl"), &o).unwrap());

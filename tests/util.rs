@@ -126,6 +126,63 @@ pub fn spawn(cmd: &mut Command) -> Killed {
     )
 }
 
+/// A source and a destination QEMU for a live migration (`pc`, TCG, 128 MiB, no devices):
+/// the source's monitor at `dir/src.sock`, the destination's at `dir/dst.sock`, waiting for
+/// the migration stream on `dir/mig.sock`. Both are killed when dropped.
+pub struct MigrationPair {
+    /// The destination (`-incoming`).
+    pub dst: Killed,
+    /// The source, alive as long as the pair.
+    _src: Killed,
+    /// The source's QMP socket.
+    pub src_socket: PathBuf,
+    /// Where the destination listens for the migration stream (`migrate`'s `uri` is
+    /// `unix:` and this).
+    pub mig_socket: PathBuf,
+}
+
+impl MigrationPair {
+    pub fn start(dir: &TempDir) -> MigrationPair {
+        let qmp = |name: &str| format!("unix:{},server=on,wait=off", dir.path(name).display());
+        let base = [
+            "-machine",
+            "pc,accel=tcg",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-display",
+            "none",
+        ];
+        let mig_socket = dir.path("mig.sock");
+        let dst = spawn(
+            Command::new(qemu_binary())
+                .args(base)
+                .args(["-qmp", &qmp("dst.sock")])
+                .arg("-incoming")
+                .arg(format!("unix:{}", mig_socket.display())),
+        );
+        let src = spawn(
+            Command::new(qemu_binary())
+                .args(base)
+                .args(["-qmp", &qmp("src.sock")]),
+        );
+        let src_socket = dir.path("src.sock");
+        wait_for_socket(&src_socket);
+        wait_for_socket(&mig_socket);
+        MigrationPair {
+            dst,
+            _src: src,
+            src_socket,
+            mig_socket,
+        }
+    }
+
+    /// `migrate`'s `uri`.
+    pub fn uri(&self) -> String {
+        format!("unix:{}", self.mig_socket.display())
+    }
+}
+
 pub fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + TIMEOUT;
     while !path.exists() {

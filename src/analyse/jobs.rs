@@ -183,20 +183,15 @@ impl Job {
     /// Microseconds spent in each status, in order of first entry; the current status counts
     /// until `now` (a finished job's last status counts nothing).
     pub fn time_in_states(&self, now: Time) -> Vec<(String, i64)> {
-        let mut out: Vec<(String, i64)> = Vec::new();
-        for (i, s) in self.states.iter().enumerate() {
-            let until = match self.states.get(i + 1) {
-                Some(next) => next.at,
-                None if self.finished() => s.at,
-                None => now.max(s.at),
-            };
-            let us = until.micros_since(s.at);
-            match out.iter_mut().find(|(name, _)| *name == s.status) {
-                Some((_, total)) => *total = total.saturating_add(us),
-                None => out.push((s.status.clone(), us)),
-            }
-        }
-        out
+        let spent = self.durations(now);
+        super::per_state(self.states.iter().map(|s| s.status.as_str()).zip(spent))
+    }
+
+    /// Microseconds spent in each state entry, in order; the current one counts until
+    /// `now` (a finished job's last state counts nothing).
+    pub fn durations(&self, now: Time) -> Vec<i64> {
+        let times: Vec<Time> = self.states.iter().map(|s| s.at).collect();
+        super::durations(&times, self.finished(), now)
     }
 
     /// When the job entered its current status.

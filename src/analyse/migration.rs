@@ -253,20 +253,14 @@ impl Run {
     /// Microseconds spent in each status, in order of first entry; the last counts until
     /// `now` unless the run is over.
     pub fn time_in_states(&self, now: Time) -> Vec<(String, i64)> {
-        let mut out: Vec<(String, i64)> = Vec::new();
-        for (i, t) in self.transitions.iter().enumerate() {
-            let until = match self.transitions.get(i + 1) {
-                Some(next) => next.at,
-                None if self.finished() => t.at,
-                None => now.max(t.at),
-            };
-            let us = until.micros_since(t.at);
-            match out.iter_mut().find(|(s, _)| *s == t.status) {
-                Some((_, total)) => *total = total.saturating_add(us),
-                None => out.push((t.status.clone(), us)),
-            }
-        }
-        out
+        let times: Vec<Time> = self.transitions.iter().map(|t| t.at).collect();
+        let spent = super::durations(&times, self.finished(), now);
+        super::per_state(
+            self.transitions
+                .iter()
+                .map(|t| t.status.as_str())
+                .zip(spent),
+        )
     }
 
     fn enter(&mut self, status: &str, at: Time, line: u64, source: Source) {

@@ -205,6 +205,35 @@ impl Analyser {
     }
 }
 
+/// How long each entry of a timeline lasted, in microseconds: until the next entry; the last
+/// one until `now`, or not at all when the timeline is `finished`.
+pub fn durations(times: &[Time], finished: bool, now: Time) -> Vec<i64> {
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let until = match times.get(i + 1) {
+                Some(next) => *next,
+                None if finished => *at,
+                None => now.max(*at),
+            };
+            until.micros_since(*at)
+        })
+        .collect()
+}
+
+/// Sums durations per state, in order of first entry.
+pub fn per_state<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for (state, us) in entries {
+        match out.iter_mut().find(|(s, _)| s == state) {
+            Some((_, total)) => *total = total.saturating_add(us),
+            None => out.push((state.to_owned(), us)),
+        }
+    }
+    out
+}
+
 /// Analyses one capture file, record by record. `progress(done, total)` (bytes) is called
 /// about every megabyte, for a progress display.
 pub fn analyse_file(

@@ -390,12 +390,8 @@ pub fn jobs(board: &JobBoard, now: Time) -> Result<DataFrame, TableError> {
     let mut rows = Vec::new();
     for job in board.jobs() {
         let mut mine = Vec::new();
+        let spent = job.durations(now);
         for (i, s) in job.states.iter().enumerate() {
-            let until = match job.states.get(i + 1) {
-                Some(next) => next.at,
-                None if job.finished() => s.at,
-                None => now.max(s.at),
-            };
             let legal = i
                 .checked_sub(1)
                 .map(|p| super::jobs::legal(&job.states[p].status, &s.status));
@@ -405,7 +401,7 @@ pub fn jobs(board: &JobBoard, now: Time) -> Result<DataFrame, TableError> {
                 time: s.at,
                 line: s.line,
                 status: Some(&s.status),
-                spent_us: Some(until.micros_since(s.at)),
+                spent_us: Some(spent[i]),
                 legal,
                 source: Some(match s.source {
                     super::jobs::Source::Event => "event",

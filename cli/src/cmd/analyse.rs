@@ -239,6 +239,49 @@ fn print_stats(out: &mut impl Write, r: &stats::Report, color: bool) -> std::io:
     t.print(out, "", color)
 }
 
+/// A state (or status) a job or migration entered.
+struct Entered<'a> {
+    status: &'a str,
+    at: Time,
+    line: u64,
+    source: String,
+    illegal: bool,
+}
+
+/// The states entered, each with its time in state: the last one "(current)" unless the
+/// timeline is finished.
+fn timeline(
+    out: &mut impl Write,
+    what: &'static str,
+    entries: &[Entered<'_>],
+    finished: bool,
+    color: bool,
+) -> std::io::Result<()> {
+    let times: Vec<Time> = entries.iter().map(|e| e.at).collect();
+    let spent = qmptap::analyse::durations(&times, finished, Time::now());
+    let heading = if what == "state" {
+        ">time in state"
+    } else {
+        ">time in status"
+    };
+    let mut t = TextTable::new(&[what, "entered", ">line", heading, "from"]);
+    for (i, (e, us)) in entries.iter().zip(spent).enumerate() {
+        let current = i + 1 == entries.len() && !finished;
+        t.row(vec![
+            (e.status.to_owned(), e.illegal.then_some("31")),
+            plain(e.at.to_string()),
+            plain(e.line.to_string()),
+            plain(if current {
+                "(current)".to_owned()
+            } else {
+                human_micros(us)
+            }),
+            plain(e.source.clone()),
+        ]);
+    }
+    t.print(out, "  ", color)
+}
+
 fn end_of(a: &Analyser) -> Time {
     a.end().unwrap_or_else(Time::now)
 }
@@ -295,24 +338,18 @@ fn print_job(
         job.job_type.as_deref().unwrap_or("type unknown"),
         job.conn,
     )?;
-    let mut t = TextTable::new(&["state", "entered", ">line", ">time in state", "from"]);
-    for (i, s) in job.states.iter().enumerate() {
-        // The last state of a finished job lasts nothing; of a running one, until now.
-        let spent = match job.states.get(i + 1) {
-            Some(next) => Some(next.at.micros_since(s.at)),
-            None if job.finished() => Some(0),
-            None => None,
-        };
-        let illegal = job.illegal.iter().any(|il| il.line == s.line);
-        t.row(vec![
-            (s.status.clone(), illegal.then_some("31")),
-            plain(s.at.to_string()),
-            plain(s.line.to_string()),
-            plain(spent.map_or_else(|| "(current)".to_owned(), human_micros)),
-            plain(format!("{:?}", s.source).to_lowercase()),
-        ]);
-    }
-    t.print(out, "  ", color)?;
+    let entries: Vec<Entered<'_>> = job
+        .states
+        .iter()
+        .map(|s| Entered {
+            status: &s.status,
+            at: s.at,
+            line: s.line,
+            source: format!("{:?}", s.source).to_lowercase(),
+            illegal: job.illegal.iter().any(|il| il.line == s.line),
+        })
+        .collect();
+    timeline(out, "state", &entries, job.finished(), color)?;
     let totals: Vec<String> = j
         .time_in_states
         .iter()
@@ -418,27 +455,18 @@ fn print_run(
         "{}{started}: {status}{convergence}",
         super::paint(color, "1", &format!("migration {n}")),
     )?;
-    let mut t = TextTable::new(&["status", "entered", ">line", ">time in status", "from"]);
-    for (i, s) in run.transitions.iter().enumerate() {
-        let spent = run.transitions.get(i + 1).map(|n| n.at.micros_since(s.at));
-        t.row(vec![
-            plain(s.status.clone()),
-            plain(s.at.to_string()),
-            plain(s.line.to_string()),
-            plain(spent.map_or_else(
-                || {
-                    if run.finished() {
-                        "-".to_owned()
-                    } else {
-                        "(current)".to_owned()
-                    }
-                },
-                human_micros,
-            )),
-            plain(format!("{:?}", s.source).to_lowercase()),
-        ]);
-    }
-    t.print(out, "  ", color)?;
+    let entries: Vec<Entered<'_>> = run
+        .transitions
+        .iter()
+        .map(|t| Entered {
+            status: &t.status,
+            at: t.at,
+            line: t.line,
+            source: format!("{:?}", t.source).to_lowercase(),
+            illegal: false,
+        })
+        .collect();
+    timeline(out, "status", &entries, run.finished(), color)?;
     writeln!(
         out,
         "  passes: {}   polls: {}",
