@@ -22,6 +22,24 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A direction as the filters spell it: `c2s` (or `->`), `s2c` (or `<-`).
+    pub fn parse_dir(text: &str) -> Result<Dir, String> {
+        match text {
+            "c2s" | "->" => Ok(Dir::C2s),
+            "s2c" | "<-" => Ok(Dir::S2c),
+            other => Err(format!("invalid direction '{other}': expected c2s or s2c")),
+        }
+    }
+
+    /// A message kind as the capture spells it.
+    pub fn parse_kind(text: &str) -> Result<Kind, String> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+            format!(
+                "invalid kind '{text}': expected greeting, command, return, error, event, other or invalid"
+            )
+        })
+    }
+
     /// Whether connection records (open, close) of `conn` are kept.
     pub fn keeps_conn(&self, conn: u64) -> bool {
         self.conns.is_empty() || self.conns.contains(&conn)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use qmptap::analyse::{Analyser, Options};
 use qmptap::audit;
-use qmptap::capture::{Dir, Located, Record};
+use qmptap::capture::{Located, Record};
 use qmptap::session::Role;
 use qmptap::transcript::Filter;
 use qmptap::wire::Kind;
@@ -329,22 +329,8 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
                     .parse()
                     .map_err(|_| format!("conn:{value}: expected a connection number"))?,
             ),
-            "dir" => {
-                filter.dir = Some(match value {
-                    "c2s" | "->" => Dir::C2s,
-                    "s2c" | "<-" => Dir::S2c,
-                    _ => return Err(format!("dir:{value}: expected c2s or s2c")),
-                });
-            }
-            "kind" => filter.kinds.push(
-                serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(
-                    |_| {
-                        format!(
-                            "kind:{value}: expected greeting, command, return, error, event, other or invalid"
-                        )
-                    },
-                )?,
-            ),
+            "dir" => filter.dir = Some(Filter::parse_dir(value)?),
+            "kind" => filter.kinds.push(Filter::parse_kind(value)?),
             "name" => filter.names.push(value.to_owned()),
             other => {
                 return Err(format!(
@@ -359,6 +345,7 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qmptap::capture::Dir;
 
     #[test]
     fn filter_terms_are_the_clis_flags() {

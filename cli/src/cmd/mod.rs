@@ -13,10 +13,8 @@ mod tui;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
-use qmptap::capture::Dir;
+use anyhow::Result;
 use qmptap::transcript::Filter;
-use qmptap::wire::Kind;
 
 use crate::args::{Cli, ColorChoice, Command, FilterArgs};
 
@@ -150,20 +148,16 @@ impl TryFrom<&FilterArgs> for Filter {
     type Error = anyhow::Error;
 
     fn try_from(args: &FilterArgs) -> Result<Filter> {
-        let dir = match args.dir.as_deref() {
-            None => None,
-            Some("c2s" | "->") => Some(Dir::C2s),
-            Some("s2c" | "<-") => Some(Dir::S2c),
-            Some(other) => bail!("invalid --dir '{other}': expected c2s or s2c"),
-        };
+        let dir = args
+            .dir
+            .as_deref()
+            .map(Filter::parse_dir)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--dir: {e}"))?;
         let kinds = args
             .kinds
             .iter()
-            .map(|k| {
-                serde_json::from_value::<Kind>(serde_json::Value::String(k.clone())).map_err(|_| {
-                    anyhow::anyhow!("invalid --kind '{k}': expected greeting, command, return, error, event, other or invalid")
-                })
-            })
+            .map(|k| Filter::parse_kind(k).map_err(|e| anyhow::anyhow!("--kind: {e}")))
             .collect::<Result<Vec<_>>>()?;
         Ok(Filter {
             conns: args.conns.clone(),
