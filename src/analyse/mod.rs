@@ -81,9 +81,12 @@ pub struct Analyser {
     pub migration: migration::Migration,
     /// Table rows, when [`Options::keep_rows`] is set.
     pub rows: Option<tables::Rows>,
-    recent_events: VecDeque<(String, Time)>,
+    recent_events: VecDeque<SeenEvent>,
     models: bool,
 }
+
+/// An event as seen on one connection: `(conn, name, QEMU timestamp, data)`.
+type SeenEvent = (u64, String, Time, String);
 
 /// How many recent events are remembered to recognise the same event on another connection.
 const RECENT_EVENTS: usize = 64;
@@ -140,7 +143,13 @@ impl Analyser {
         let (at, duplicate) = match (&value, msg.kind) {
             (Some(v), Kind::Event) => {
                 let at = event_time(v).unwrap_or(msg.t);
-                (at, self.seen_event(msg.name.as_deref().unwrap_or(""), at))
+                let seen = (
+                    msg.conn,
+                    msg.name.clone().unwrap_or_default(),
+                    at,
+                    v.get("data").map(ToString::to_string).unwrap_or_default(),
+                );
+                (at, self.seen_event(seen))
             }
             _ => (msg.t, false),
         };
@@ -187,20 +196,21 @@ impl Analyser {
         }
     }
 
-    /// Whether this event (name and QEMU timestamp) was already seen on another connection;
-    /// remembers it.
-    fn seen_event(&mut self, name: &str, at: Time) -> bool {
+    /// Whether this very event (name, QEMU timestamp and data) was already seen on another
+    /// connection; remembers it. Two events alike on one connection are two events.
+    fn seen_event(&mut self, event: SeenEvent) -> bool {
+        let (conn, name, at, data) = &event;
         if self
             .recent_events
             .iter()
-            .any(|(n, t)| n == name && *t == at)
+            .any(|(c, n, t, d)| c != conn && n == name && t == at && d == data)
         {
             return true;
         }
         if self.recent_events.len() == RECENT_EVENTS {
             self.recent_events.pop_front();
         }
-        self.recent_events.push_back((name.to_owned(), at));
+        self.recent_events.push_back(event);
         false
     }
 }
@@ -356,6 +366,42 @@ mod tests {
         assert!(event_time(&serde_json::json!({"timestamp": {"seconds": 1}})).is_none());
         let bad = serde_json::json!({"timestamp": {"seconds": 1, "microseconds": -5}});
         assert!(event_time(&bad).is_none());
+    }
+
+    #[test]
+    fn an_event_broadcast_to_two_connections_feeds_the_models_once() {
+        let header = r#"{"type":"header","format":"qmptap-capture","version":1,"created":"2026-11-25T19:10:13.000000Z","tool":"t"}"#;
+        let event = |conn: u64, status: &str| {
+            format!(
+                r#"{{"type":"msg","conn":{conn},"seq":0,"t":"2026-11-25T19:10:13.000100Z","dir":"s2c","kind":"event","name":"JOB_STATUS_CHANGE","json":{{"timestamp":{{"seconds":1795636193,"microseconds":1}},"event":"JOB_STATUS_CHANGE","data":{{"status":"{status}","id":"j"}}}}}}"#
+            )
+        };
+        // Broadcast: conn 1 and conn 2 carry the same event. Then, on conn 1, another job
+        // event with the same timestamp but other data, which is a different event.
+        let text = [
+            header.to_owned(),
+            event(1, "created"),
+            event(2, "created"),
+            event(1, "running"),
+        ]
+        .join("\n");
+        let reader = crate::capture::Reader::new(
+            Box::new(std::io::Cursor::new(text.into_bytes())),
+            "t".into(),
+        )
+        .unwrap();
+        let mut a = Analyser::new(&Options::default());
+        for l in reader {
+            let l = l.unwrap();
+            a.observe(l.line, &l.record);
+        }
+        let job = &a.jobs.jobs()[0];
+        let states: Vec<&str> = job.states.iter().map(|s| s.status.as_str()).collect();
+        assert_eq!(states, ["created", "running"]);
+        assert_eq!(
+            a.stats.events["JOB_STATUS_CHANGE"], 3,
+            "counted per connection"
+        );
     }
 
     #[test]
