@@ -13,6 +13,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::Observed;
+pub use super::Source;
 use crate::capture::{Dir, Time};
 use crate::session::Role;
 use crate::wire::Kind;
@@ -54,16 +55,6 @@ pub fn legal(from: &str, to: &str) -> bool {
     TRANSITIONS
         .iter()
         .any(|(f, tos)| *f == from && tos.contains(&to))
-}
-
-/// Where a state was learnt from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// A `JOB_STATUS_CHANGE` event.
-    Event,
-    /// A `query-jobs` reply.
-    Poll,
 }
 
 /// A state the job entered.

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Observed;
+pub use super::Source;
 use crate::capture::{Dir, Time};
 use crate::session::Role;
 use crate::wire::Kind;
@@ -25,16 +26,6 @@ pub const READS_REPLY: &[&str] = &["query-migrate", "migrate-set-capabilities"];
 
 /// Statuses after which a migration run is over.
 const TERMINAL: &[&str] = &["completed", "failed", "cancelled"];
-
-/// Where a status was learnt from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// A `MIGRATION` event.
-    Event,
-    /// A `query-migrate` reply.
-    Poll,
-}
 
 /// A status the migration entered.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -27,6 +27,26 @@ use crate::capture::{Msg, Record, Time};
 use crate::session::{Role, Tracker};
 use crate::wire::Kind;
 
+/// Where a state (of a job, of a migration) was learnt from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// An event (`JOB_STATUS_CHANGE`, `MIGRATION`).
+    Event,
+    /// A poll's reply (`query-jobs`, `query-migrate`).
+    Poll,
+}
+
+impl Source {
+    /// Its name in tables and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Event => "event",
+            Source::Poll => "poll",
+        }
+    }
+}
+
 /// How to analyse.
 #[derive(Debug, Clone)]
 pub struct Options {

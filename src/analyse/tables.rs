@@ -403,10 +403,7 @@ pub fn jobs(board: &JobBoard, now: Time) -> Result<DataFrame, TableError> {
                 status: Some(&s.status),
                 spent_us: Some(spent[i]),
                 legal,
-                source: Some(match s.source {
-                    super::jobs::Source::Event => "event",
-                    super::jobs::Source::Poll => "poll",
-                }),
+                source: Some(s.source.name()),
                 current: None,
                 total: None,
             });
@@ -477,7 +474,7 @@ pub fn jobs(board: &JobBoard, now: Time) -> Result<DataFrame, TableError> {
 
 /// The migration table: per run, a row per status, pass and sample, in time order.
 pub fn migration(model: &Migration) -> Result<DataFrame, TableError> {
-    use super::migration::{Sample, Source};
+    use super::migration::Sample;
     #[derive(Default)]
     struct Row<'a> {
         run: u64,
@@ -501,10 +498,7 @@ pub fn migration(model: &Migration) -> Result<DataFrame, TableError> {
                 time: micros(t.at),
                 line: t.line,
                 status: Some(&t.status),
-                source: Some(match t.source {
-                    Source::Event => "event",
-                    Source::Poll => "poll",
-                }),
+                source: Some(t.source.name()),
                 ..Row::default()
             });
         }

@@ -244,7 +244,7 @@ struct Entered<'a> {
     status: &'a str,
     at: Time,
     line: u64,
-    source: String,
+    source: &'static str,
     illegal: bool,
 }
 
@@ -276,10 +276,30 @@ fn timeline(
             } else {
                 human_micros(us)
             }),
-            plain(e.source.clone()),
+            plain(e.source),
         ]);
     }
     t.print(out, "  ", color)
+}
+
+/// Prints one block per item, a blank line apart, or says there is none.
+fn blocks<W: Write, T>(
+    out: &mut W,
+    items: &[T],
+    what: &str,
+    capture: &std::path::Path,
+    mut print: impl FnMut(&mut W, usize, &T) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if items.is_empty() {
+        return writeln!(out, "{}: no {what}", capture.display());
+    }
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        print(out, i, item)?;
+    }
+    Ok(())
 }
 
 fn end_of(a: &Analyser) -> Time {
@@ -298,16 +318,9 @@ pub fn jobs(args: &JobsArgs, global: &Global) -> Result<ExitCode> {
         global.color,
         clean,
         |out, report, color| {
-            if report.is_empty() {
-                return writeln!(out, "{}: no jobs", args.capture.display());
-            }
-            for (i, j) in report.iter().enumerate() {
-                if i > 0 {
-                    writeln!(out)?;
-                }
-                print_job(out, j, color)?;
-            }
-            Ok(())
+            blocks(out, report, "jobs", &args.capture, |out, _, j| {
+                print_job(out, j, color)
+            })
         },
     )
 }
@@ -345,7 +358,7 @@ fn print_job(
             status: &s.status,
             at: s.at,
             line: s.line,
-            source: format!("{:?}", s.source).to_lowercase(),
+            source: s.source.name(),
             illegal: job.illegal.iter().any(|il| il.line == s.line),
         })
         .collect();
@@ -411,16 +424,9 @@ pub fn migration(args: &MigrationArgs, global: &Global) -> Result<ExitCode> {
         global.color,
         clean,
         |out, report, color| {
-            if report.is_empty() {
-                return writeln!(out, "{}: no migration", args.capture.display());
-            }
-            for (i, r) in report.iter().enumerate() {
-                if i > 0 {
-                    writeln!(out)?;
-                }
-                print_run(out, i + 1, r, chart, color)?;
-            }
-            Ok(())
+            blocks(out, report, "migration", &args.capture, |out, i, r| {
+                print_run(out, i + 1, r, chart, color)
+            })
         },
     )
 }
@@ -462,7 +468,7 @@ fn print_run(
             status: &t.status,
             at: t.at,
             line: t.line,
-            source: format!("{:?}", t.source).to_lowercase(),
+            source: t.source.name(),
             illegal: false,
         })
         .collect();

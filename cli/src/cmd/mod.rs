@@ -85,6 +85,33 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The proxy's settings from `--listen`, `--upstream`, `--socket-mode` and `--poll`, as
+/// `record` and `tui` take them.
+pub fn proxy_config(
+    listen: &str,
+    upstream: &str,
+    mode: &str,
+    poll: Option<&str>,
+) -> Result<qmptap::proxy::Config> {
+    use anyhow::Context as _;
+    let listen: qmptap::addr::Addr = listen.parse().context("--listen")?;
+    let upstream: qmptap::addr::Addr = upstream.parse().context("--upstream")?;
+    if listen == upstream {
+        anyhow::bail!("--listen and --upstream are the same address '{listen}'");
+    }
+    let poll = poll
+        .map(str::parse::<qmptap::proxy::Poll>)
+        .transpose()
+        .context("--poll")?;
+    Ok(qmptap::proxy::Config {
+        listen,
+        upstream,
+        socket_mode: socket_mode(mode)?,
+        limits: qmptap::wire::Limits::QEMU,
+        poll,
+    })
+}
+
 /// A `--socket-mode` value: octal permission bits.
 pub fn socket_mode(text: &str) -> Result<u32> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)

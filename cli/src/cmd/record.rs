@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use qmptap::addr::Addr;
 use qmptap::capture::{Header, OnWriteError, Record, Sink};
-use qmptap::proxy::{self, Config, Listener, Poll};
-use qmptap::wire::Limits;
+use qmptap::proxy::{self, Config, Listener};
 
 use crate::args::{self, RecordArgs};
 
@@ -23,33 +21,17 @@ impl TryFrom<&RecordArgs> for Validated {
     type Error = anyhow::Error;
 
     fn try_from(a: &RecordArgs) -> Result<Validated> {
-        let listen: Addr = a.listen.parse().context("--listen")?;
-        let upstream: Addr = a.upstream.parse().context("--upstream")?;
-        if listen == upstream {
-            bail!("--listen and --upstream are the same address '{listen}'");
-        }
-        let socket_mode = super::socket_mode(&a.socket_mode)?;
+        let config =
+            super::proxy_config(&a.listen, &a.upstream, &a.socket_mode, a.poll.as_deref())?;
         if !a.grace.is_finite() || a.grace < 0.0 {
             bail!("invalid --grace '{}': expected seconds, 0 or more", a.grace);
         }
-        let poll = a
-            .poll
-            .as_deref()
-            .map(str::parse::<Poll>)
-            .transpose()
-            .context("--poll")?;
         let policy = match a.on_write_error {
             args::OnWriteError::Continue => OnWriteError::Continue,
             args::OnWriteError::Fail => OnWriteError::Fail,
         };
         Ok(Validated {
-            config: Config {
-                listen,
-                upstream,
-                socket_mode,
-                limits: Limits::QEMU,
-                poll,
-            },
+            config,
             policy,
             grace: Duration::from_secs_f64(a.grace),
         })

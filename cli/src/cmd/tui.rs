@@ -3,9 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use qmptap::addr::Addr;
-use qmptap::proxy::{Config, Poll};
-use qmptap::wire::Limits;
 use qmptap_tui::Source;
 
 use crate::args::{ColorChoice, TuiArgs};
@@ -23,25 +20,8 @@ pub fn run(args: &TuiArgs, color: ColorChoice) -> Result<ExitCode> {
             speed: args.speed,
         }
     } else if let (Some(listen), Some(upstream)) = (&args.listen, &args.upstream) {
-        let listen: Addr = listen.parse().context("--listen")?;
-        let upstream: Addr = upstream.parse().context("--upstream")?;
-        if listen == upstream {
-            bail!("--listen and --upstream are the same address '{listen}'");
-        }
-        let poll = args
-            .poll
-            .as_deref()
-            .map(str::parse::<Poll>)
-            .transpose()
-            .context("--poll")?;
         Source::Live {
-            config: Config {
-                listen,
-                upstream,
-                socket_mode: super::socket_mode(&args.socket_mode)?,
-                limits: Limits::QEMU,
-                poll,
-            },
+            config: super::proxy_config(listen, upstream, &args.socket_mode, args.poll.as_deref())?,
             output: args.output.clone(),
         }
     } else if let Some(path) = &args.capture {
