@@ -1,4 +1,5 @@
-//! Socket addresses as users write them: `unix:PATH` or `tcp:HOST:PORT`.
+//! Socket addresses as users write them: `unix:PATH`, `tcp:HOST:PORT`, or `fd:N` for a
+//! listening socket inherited from the process that started qmptap.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,11 +17,25 @@ pub enum Addr {
         /// Port number.
         port: u16,
     },
+    /// A listening socket (UNIX or TCP) inherited as descriptor `N`, the way libvirt hands
+    /// QEMU its monitor (`-chardev socket,fd=N,server=on`) and systemd activates sockets.
+    /// Only for listening: nothing can connect to a descriptor.
+    Fd(std::os::fd::RawFd),
+}
+
+impl Addr {
+    /// The error for connecting to an address that can only be listened on.
+    pub(crate) fn not_connectable(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot connect to '{self}': an inherited descriptor can only be listened on"),
+        )
+    }
 }
 
 /// A string that is not an address qmptap understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid address '{input}': {why} (expected unix:PATH or tcp:HOST:PORT)")]
+#[error("invalid address '{input}': {why} (expected unix:PATH, tcp:HOST:PORT or fd:N)")]
 pub struct AddrError {
     input: String,
     why: &'static str,
@@ -54,6 +69,12 @@ impl FromStr for Addr {
                 port,
             });
         }
+        if let Some(fd) = s.strip_prefix("fd:") {
+            return match fd.parse() {
+                Ok(fd) if fd >= 0 => Ok(Addr::Fd(fd)),
+                _ => Err(err("the descriptor is not a number from 0")),
+            };
+        }
         Err(err("unknown scheme"))
     }
 }
@@ -64,6 +85,7 @@ impl fmt::Display for Addr {
             Addr::Unix(path) => write!(f, "unix:{}", path.display()),
             Addr::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Addr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            Addr::Fd(fd) => write!(f, "fd:{fd}"),
         }
     }
 }
@@ -103,6 +125,8 @@ mod tests {
             "tcp:[::1]:4444".parse::<Addr>().map(|a| a.to_string()),
             Ok("tcp:[::1]:4444".into())
         );
+        assert_eq!("fd:3".parse(), Ok(Addr::Fd(3)));
+        assert_eq!(Addr::Fd(3).to_string(), "fd:3");
     }
 
     #[test]
@@ -111,5 +135,7 @@ mod tests {
         assert!(e.contains("'udp:1'") && e.contains("unix:PATH"), "{e}");
         assert!("tcp:host:99999".parse::<Addr>().is_err());
         assert!("unix:".parse::<Addr>().is_err());
+        assert!("fd:-1".parse::<Addr>().is_err());
+        assert!("fd:x".parse::<Addr>().is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod analyse;
 pub mod audit;
 pub mod capture;
 pub mod diff;
+pub mod launch;
 pub mod normalize;
 pub mod notation;
 pub mod proxy;

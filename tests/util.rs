@@ -218,6 +218,7 @@ impl Proxy {
             socket_mode: 0o600,
             limits: Limits::QEMU,
             poll: poll.map(|p| p.parse().unwrap()),
+            upstream_wait: std::time::Duration::ZERO,
         };
         let shutdown = Shutdown::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

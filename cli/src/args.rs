@@ -51,6 +51,19 @@ pub enum Command {
     /// SIGTERM stops accepting and lets connections finish (up to --grace); SIGINT closes
     /// them at once. Either way the capture is complete and the exit status 0.
     Record(RecordArgs),
+    /// Start QEMU with its QMP monitors recorded: for launchers such as libvirt (as the
+    /// domain's <emulator>) and scripts.
+    ///
+    /// Finds the QMP monitors on QEMU's command line (libvirt's inherited
+    /// `-chardev socket,fd=N,server=on` with `-mon ...,mode=control`, or `-qmp unix:PATH,server`
+    /// and `tcp:` forms), moves each to a private socket in --socket-dir, starts a recorder
+    /// (`qmptap record`) on the socket clients use, writing --capture-dir/GUEST-TIME-PID.jsonl,
+    /// then becomes QEMU (exec: same pid, arguments otherwise unchanged). The recorder waits
+    /// for QEMU's socket and stops when QEMU exits. QEMU with -daemonize, or without a QMP
+    /// server socket, runs unrecorded.
+    ///
+    /// Exit status: QEMU's own; 2 if QEMU could not be started.
+    Wrap(WrapArgs),
     /// Print a capture as a transcript (-> client, <- server) with times and latencies.
     Show(ShowArgs),
     /// Validate every message of captures against a QMP schema, and the protocol's rules.
@@ -439,7 +452,8 @@ pub enum DumpFormat {
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
-    /// Where clients connect: unix:PATH or tcp:HOST:PORT (HOST defaults to 127.0.0.1).
+    /// Where clients connect: unix:PATH or tcp:HOST:PORT (HOST defaults to 127.0.0.1), or
+    /// fd:N, a listening socket inherited from the process that started qmptap.
     #[arg(long, value_name = "ADDR")]
     pub listen: String,
     /// The QMP monitor to relay to: unix:PATH or tcp:HOST:PORT.
@@ -478,6 +492,39 @@ pub struct RecordArgs {
         help_heading = "Listening"
     )]
     pub grace: f64,
+    /// Keep retrying an upstream socket that does not exist or refuses connections for up to
+    /// SECS when a client connects (for launchers that start qmptap just before QEMU).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0.0,
+        help_heading = "Listening"
+    )]
+    pub upstream_wait: f64,
+    /// Stop, as on SIGINT, when process PID exits (the QEMU a launcher started).
+    #[arg(long, value_name = "PID", help_heading = "Listening")]
+    pub exit_with: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// Directory for the captures, one per QEMU run and monitor.
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: PathBuf,
+    /// Directory for QEMU's own monitor sockets, behind the recorder (default: --capture-dir).
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    /// Poll these query commands on each connection (see record --help).
+    #[arg(long, value_name = "CMD,...[@INTERVAL]")]
+    pub poll: Option<String>,
+    /// The QEMU binary and its arguments, after --.
+    #[arg(
+        value_name = "QEMU",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub qemu: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -240,6 +240,111 @@ fn record_streams_to_stdout_and_show_reads_stdin() {
     );
 }
 
+/// The exact bytes of each `msg` record of one direction, in order, as text.
+fn texts(capture: &Path, dir: qmptap::capture::Dir) -> Vec<String> {
+    qmptap::capture::Reader::open(capture)
+        .unwrap()
+        .filter_map(|r| match r.unwrap().record {
+            qmptap::capture::Record::Msg(m) if m.dir == dir => {
+                Some(String::from_utf8(m.raw_bytes()).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
+    let dir = TempDir::new("wrap");
+    let monitor = dir.path("mon.sock");
+    let mut child = Command::new(BIN)
+        .args(["wrap", "--capture-dir"])
+        .arg(&dir.0)
+        .args([
+            "--",
+            "qemu-system-x86_64",
+            "-machine",
+            "none",
+            "-nodefaults",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-name",
+            "guest=t1,debug-threads=on",
+            "-qmp",
+        ])
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("qmptap: recording QEMU's monitor at unix:"),
+        "{line}"
+    );
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    // The pid the launcher knows is QEMU's: wrap became QEMU.
+    let exe = Path::new("/proc").join(child.id().to_string()).join("exe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_link(&exe).is_ok_and(|p| p.ends_with("qemu-system-x86_64")) {
+        assert!(Instant::now() < deadline, "wrap did not exec QEMU");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The client connects where it always did, possibly before QEMU listens behind it.
+    let mut s = UnixStream::connect(&monitor).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent =
+        "{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-status\"}{\"execute\":\"quit\"}";
+    s.write_all(sent.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(wait_exit(&mut child).success());
+    // The recorder stops with QEMU and leaves a complete capture.
+    let capture = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .expect("a capture in --capture-dir");
+    let name = capture.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("t1-") && name.ends_with(&format!("-{}.jsonl", child.id())),
+        "{name}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&capture).unwrap();
+        if types(&text).last().map(String::as_str) == Some("close") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recorder did not finish: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(texts(&capture, qmptap::capture::Dir::C2s).concat(), sent);
+    let received = String::from_utf8(got).unwrap();
+    let s2c = texts(&capture, qmptap::capture::Dir::S2c);
+    assert_eq!(
+        s2c.len(),
+        5,
+        "greeting, two returns, SHUTDOWN, quit's return: {text}"
+    );
+    assert_eq!(
+        received,
+        s2c.iter().map(|t| t.clone() + "\r\n").collect::<String>()
+    );
+    assert!(
+        !dir.path(&name.replace(".jsonl", ".qmp.sock")).exists(),
+        "QEMU removed its socket"
+    );
+}
+
 #[test]
 fn record_refuses_what_it_must_not_touch() {
     let dir = TempDir::new("refuse");

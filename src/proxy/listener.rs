@@ -1,11 +1,16 @@
 //! Listening sockets: UNIX with a safe mode and stale-socket handling, TCP on loopback by
-//! default.
+//! default, or a listening socket inherited from the process that started qmptap.
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use nix::sys::socket::{
+    AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
+};
 use nix::sys::stat::{Mode, umask};
 use tokio::net::{TcpListener, UnixListener};
 
@@ -16,8 +21,9 @@ use crate::addr::Addr;
 /// A bound listening socket.
 #[derive(Debug)]
 pub enum Listener {
-    /// A UNIX socket; the file is removed when the listener is dropped.
-    Unix(UnixListener, PathBuf),
+    /// A UNIX socket; a file qmptap created is removed when the listener is dropped (an
+    /// inherited socket's file belongs to whoever created it).
+    Unix(UnixListener, Option<SocketFile>),
     /// A TCP socket.
     Tcp(TcpListener),
 }
@@ -25,10 +31,15 @@ pub enum Listener {
 impl Listener {
     /// Binds `addr`. A UNIX socket file gets `mode` (and is never, even briefly, more open
     /// than that); a stale socket file left by a dead process is replaced; any other existing
-    /// file, or a socket someone still listens on, is refused.
+    /// file, or a socket someone still listens on, is refused. `fd:N` takes over descriptor
+    /// `N`, which must be a listening UNIX or TCP socket (`mode` does not apply).
     pub async fn bind(addr: &Addr, mode: u32) -> Result<Listener, ProxyError> {
         match addr {
             Addr::Unix(path) => bind_unix(path, mode),
+            Addr::Fd(fd) => adopt(*fd).map_err(|source| ProxyError::Listen {
+                addr: addr.to_string(),
+                source,
+            }),
             Addr::Tcp { host, port } => TcpListener::bind((host.as_str(), *port))
                 .await
                 .map(Listener::Tcp)
@@ -42,7 +53,18 @@ impl Listener {
     /// The address actually bound (a TCP port of 0 becomes the chosen port).
     pub fn local_addr(&self) -> io::Result<Addr> {
         match self {
-            Listener::Unix(_, path) => Ok(Addr::Unix(path.clone())),
+            Listener::Unix(_, Some(file)) => Ok(Addr::Unix(file.0.clone())),
+            Listener::Unix(l, None) => {
+                let a = l.local_addr()?;
+                a.as_pathname()
+                    .map(|p| Addr::Unix(p.to_owned()))
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "the inherited socket has no path",
+                        )
+                    })
+            }
             Listener::Tcp(l) => {
                 let a = l.local_addr()?;
                 Ok(Addr::Tcp {
@@ -81,11 +103,60 @@ pub enum Accepted {
     Tcp(tokio::net::TcpStream),
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = fs::remove_file(path);
+impl Listener {
+    /// Binds `addr` as [`Listener::bind`] does, outside any async runtime, and returns the
+    /// socket as a plain descriptor for another process to serve (`fd:N`).
+    pub fn bind_fd(addr: &Addr, mode: u32) -> Result<OwnedFd, ProxyError> {
+        let listen_err = |source| ProxyError::Listen {
+            addr: addr.to_string(),
+            source,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(listen_err)?;
+        let _entered = runtime.enter();
+        runtime
+            .block_on(Listener::bind(addr, mode))?
+            .into_fd()
+            .map_err(listen_err)
+    }
+
+    /// Hands the socket over as a plain blocking descriptor, for another process to serve
+    /// (`fd:N`); a UNIX socket file stays in place.
+    pub fn into_fd(self) -> io::Result<OwnedFd> {
+        match self {
+            Listener::Unix(l, file) => {
+                if let Some(file) = file {
+                    file.keep();
+                }
+                let std = l.into_std()?;
+                std.set_nonblocking(false)?;
+                Ok(std.into())
+            }
+            Listener::Tcp(l) => {
+                let std = l.into_std()?;
+                std.set_nonblocking(false)?;
+                Ok(std.into())
+            }
         }
+    }
+}
+
+/// The file of a UNIX socket qmptap bound, removed when dropped.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl SocketFile {
+    /// Leaves the file in place.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -121,5 +192,69 @@ fn bind_unix(path: &Path, mode: u32) -> Result<Listener, ProxyError> {
     umask(old);
     let listener = bound.map_err(listen_err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(listen_err)?;
-    Ok(Listener::Unix(listener, path.to_owned()))
+    Ok(Listener::Unix(listener, Some(SocketFile(path.to_owned()))))
+}
+
+/// Descriptors already taken over, so that `fd:N` given twice cannot close one twice.
+static ADOPTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Takes over inherited descriptor `fd` after checking that it is a listening UNIX or TCP
+/// socket, and keeps it from being inherited further.
+fn adopt(fd: RawFd) -> io::Result<Listener> {
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
+    let mut adopted = ADOPTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if adopted.contains(&fd) {
+        return Err(invalid("this descriptor is already in use as a listener"));
+    }
+    // Probe without owning: F_GETFD fails with EBADF on a descriptor that is not open.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|_| invalid("no such open descriptor (was it passed to qmptap?)"))?;
+    // SAFETY: `fd` is open (checked above), and `ADOPTED` guarantees this is its only owner
+    // within qmptap; the process that started qmptap handed it over for this purpose.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let checked = (|| {
+        if !getsockopt(&owned.as_fd(), sockopt::AcceptConn).map_err(io::Error::from)? {
+            return Err(invalid("the socket is not listening"));
+        }
+        let family = getsockname::<SockaddrStorage>(fd)
+            .map_err(io::Error::from)?
+            .family();
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        Ok(family)
+    })();
+    let family = match checked {
+        Ok(family) => family,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            // Not ours to close: hand it back untouched.
+            std::mem::forget(owned);
+            return Err(invalid("the descriptor is not a socket"));
+        }
+        Err(e) => {
+            std::mem::forget(owned);
+            return Err(e);
+        }
+    };
+    let listener = match family {
+        Some(AddressFamily::Unix) => {
+            let std = std::os::unix::net::UnixListener::from(owned);
+            std.set_nonblocking(true)?;
+            Listener::Unix(UnixListener::from_std(std)?, None)
+        }
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+            let std = std::net::TcpListener::from(owned);
+            std.set_nonblocking(true)?;
+            Listener::Tcp(TcpListener::from_std(std)?)
+        }
+        _ => {
+            std::mem::forget(owned);
+            return Err(invalid("the socket is neither UNIX nor TCP"));
+        }
+    };
+    adopted.push(fd);
+    Ok(listener)
 }

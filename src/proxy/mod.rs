@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use listener::{Accepted, Listener};
+pub use listener::{Accepted, Listener, SocketFile};
 pub use poll::{Poll, PollError};
 pub use relay::CHUNK;
 pub use stream::Stream;
@@ -65,6 +65,9 @@ pub struct Config {
     /// Query commands the proxy sends by itself on each connection once the client has
     /// negotiated, keeping the replies from the client (see [`poll`]); `None` relays only.
     pub poll: Option<Poll>,
+    /// How long to keep retrying an upstream that does not exist or refuses connections yet
+    /// (a launcher that starts the proxy just before QEMU); zero fails at once.
+    pub upstream_wait: Duration,
 }
 
 /// When and how to stop.
@@ -209,10 +212,9 @@ async fn serve(
         peer,
     }));
     let upstream = tokio::select! {
-        r = tokio::time::timeout(CONNECT_TIMEOUT, Stream::connect(&config.upstream)) => match r {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(e)) => return refuse(conn, &sink, &config.upstream, &e.to_string()),
-            Err(_) => return refuse(conn, &sink, &config.upstream, "timed out"),
+        r = connect_upstream(&config.upstream, config.upstream_wait) => match r {
+            Ok(upstream) => upstream,
+            Err(why) => return refuse(conn, &sink, &config.upstream, &why),
         },
         () = stop.cancelled() => return refuse(conn, &sink, &config.upstream, "shutdown before connecting"),
     };
@@ -231,6 +233,27 @@ async fn serve(
         () = stop.cancelled() => {
             closer.close("shutdown");
             let _ = job.await;
+        }
+    }
+}
+
+/// Connects to the upstream monitor, each attempt bounded by [`CONNECT_TIMEOUT`], retrying
+/// for up to `wait` while the socket does not exist yet or refuses connections.
+async fn connect_upstream(addr: &Addr, wait: Duration) -> Result<Stream, String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Stream::connect(addr)).await {
+            Ok(Ok(upstream)) => return Ok(upstream),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timed out".to_owned()),
         }
     }
 }
@@ -275,4 +298,33 @@ pub fn shutdown_on_signals(grace: Duration) -> io::Result<Shutdown> {
         s.close_all.cancel();
     });
     Ok(shutdown)
+}
+
+/// Closes everything, as SIGINT does, once process `pid` has exited: for a proxy started
+/// beside the QEMU it serves, which has nothing left to relay when QEMU is gone. Watches a
+/// pidfd, so it sees the exit even while the process waits, a zombie, to be reaped.
+pub fn shutdown_when_exits(pid: i32, shutdown: &Shutdown) -> io::Result<()> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::other(format!(
+            "cannot watch process {pid}: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
+    // the AsyncFd's whole life.
+    let watched = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = watched.readable().await;
+        tracing::info!(pid, "the watched process exited; closing");
+        s.stop_accepting.cancel();
+        s.close_all.cancel();
+    });
+    Ok(())
 }

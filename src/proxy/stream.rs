@@ -31,6 +31,7 @@ impl Stream {
             Addr::Tcp { host, port } => {
                 Stream::from_tcp(tokio::net::TcpStream::connect((host.as_str(), *port)).await?)
             }
+            Addr::Fd(_) => Err(addr.not_connectable()),
         }
     }
 

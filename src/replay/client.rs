@@ -321,6 +321,7 @@ fn connect(target: &Addr) -> io::Result<Live> {
             let r = s.try_clone()?;
             (Box::new(s), Box::new(r), false)
         }
+        Addr::Fd(_) => return Err(target.not_connectable()),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()

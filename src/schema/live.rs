@@ -27,6 +27,7 @@ pub fn query_schema(addr: &Addr) -> Result<Value, String> {
                 .map_err(|e| e.to_string())?;
             Box::new(s)
         }
+        Addr::Fd(_) => return Err(addr.not_connectable().to_string()),
     };
     let mut conn = Conn {
         decoder: Decoder::new(),

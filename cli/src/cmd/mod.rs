@@ -9,6 +9,7 @@ mod schema;
 mod serve;
 mod show;
 mod tui;
+mod wrap;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ pub const EXIT_ERROR: u8 = 2;
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record::run(&args),
+        Command::Wrap(args) => wrap::run(&args),
         Command::Show(args) => show::run(&args, cli.global.color),
         Command::Check(args) => check::run(&args, cli.global.color),
         Command::Schema(cmd) => schema::run(&cmd),
@@ -96,6 +98,11 @@ pub fn proxy_config(
     use anyhow::Context as _;
     let listen: qmptap::addr::Addr = listen.parse().context("--listen")?;
     let upstream: qmptap::addr::Addr = upstream.parse().context("--upstream")?;
+    if let qmptap::addr::Addr::Fd(_) = upstream {
+        anyhow::bail!(
+            "--upstream '{upstream}': qmptap connects to the monitor; fd:N is only for --listen"
+        );
+    }
     if listen == upstream {
         anyhow::bail!("--listen and --upstream are the same address '{listen}'");
     }
@@ -109,6 +116,7 @@ pub fn proxy_config(
         socket_mode: socket_mode(mode)?,
         limits: qmptap::wire::Limits::QEMU,
         poll,
+        upstream_wait: std::time::Duration::ZERO,
     })
 }
 

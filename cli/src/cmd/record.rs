@@ -21,11 +21,9 @@ impl TryFrom<&RecordArgs> for Validated {
     type Error = anyhow::Error;
 
     fn try_from(a: &RecordArgs) -> Result<Validated> {
-        let config =
+        let mut config =
             super::proxy_config(&a.listen, &a.upstream, &a.socket_mode, a.poll.as_deref())?;
-        if !a.grace.is_finite() || a.grace < 0.0 {
-            bail!("invalid --grace '{}': expected seconds, 0 or more", a.grace);
-        }
+        config.upstream_wait = seconds("--upstream-wait", a.upstream_wait)?;
         let policy = match a.on_write_error {
             args::OnWriteError::Continue => OnWriteError::Continue,
             args::OnWriteError::Fail => OnWriteError::Fail,
@@ -33,9 +31,16 @@ impl TryFrom<&RecordArgs> for Validated {
         Ok(Validated {
             config,
             policy,
-            grace: Duration::from_secs_f64(a.grace),
+            grace: seconds("--grace", a.grace)?,
         })
     }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    if !value.is_finite() || value < 0.0 {
+        bail!("invalid {flag} '{value}': expected seconds, 0 or more");
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 pub fn run(args: &RecordArgs) -> Result<ExitCode> {
@@ -70,6 +75,9 @@ pub fn run(args: &RecordArgs) -> Result<ExitCode> {
         let sink = Sink::start(out, &header, v.policy)
             .with_context(|| format!("cannot write the capture '{}'", args.output.display()))?;
         let shutdown = proxy::shutdown_on_signals(v.grace)?;
+        if let Some(pid) = args.exit_with {
+            proxy::shutdown_when_exits(pid, &shutdown).context("--exit-with")?;
+        }
         // Scripts wait for this line before connecting.
         eprintln!(
             "qmptap: recording {bound} -> {} into {}",

@@ -1,0 +1,61 @@
+//! `qmptap wrap`: record a launched QEMU's monitors, then become QEMU.
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use qmptap::launch;
+
+use crate::args::WrapArgs;
+
+/// How long a recorder keeps trying QEMU's moved monitor: QEMU creates it early in its
+/// start-up, after loading its modules; libvirt itself waits 30 s for a monitor.
+const UPSTREAM_WAIT_SECS: &str = "30";
+
+pub fn run(a: &WrapArgs) -> Result<ExitCode> {
+    let Some((qemu, args)) = a.qemu.split_first() else {
+        bail!("no QEMU to start");
+    };
+    let pid = std::process::id();
+    let plan = if launch::daemonizes(args) {
+        eprintln!("qmptap: QEMU is told to -daemonize; starting it unrecorded");
+        launch::Plan {
+            args: args.to_vec(),
+            recorders: Vec::new(),
+        }
+    } else {
+        let stem = launch::stem(args, pid);
+        let sockets = a.socket_dir.as_ref().unwrap_or(&a.capture_dir);
+        launch::plan(args, &a.capture_dir, sockets, &stem, 0o600)
+            .context("cannot record QEMU's monitors")?
+    };
+    let me = std::env::current_exe().context("cannot find the qmptap binary")?;
+    for r in &plan.recorders {
+        let mut recorder = Command::new(&me);
+        recorder
+            .arg("record")
+            .arg("--listen=fd:3")
+            .arg(format!("--upstream=unix:{}", r.upstream.display()))
+            .args(["--upstream-wait", UPSTREAM_WAIT_SECS])
+            .arg(format!("--exit-with={pid}"))
+            .arg("-o")
+            .arg(&r.capture)
+            .stdin(Stdio::null());
+        if let Some(poll) = &a.poll {
+            recorder.arg(format!("--poll={poll}"));
+        }
+        launch::inherit_only(&mut recorder, &r.listen);
+        recorder
+            .spawn()
+            .with_context(|| format!("cannot start the recorder for {}", r.was))?;
+        eprintln!(
+            "qmptap: recording QEMU's monitor at {} into {}",
+            r.was,
+            r.capture.display()
+        );
+    }
+    // QEMU must not hold the listening sockets: they are the recorders' now.
+    drop(plan.recorders);
+    let err = Command::new(qemu).args(&plan.args).exec();
+    Err(err).with_context(|| format!("cannot start '{}'", qemu.to_string_lossy()))
+}
