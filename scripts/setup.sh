@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what qmptap's tests use: Debian's QEMU 7.2 (qemu-system-x86, qemu-utils with
-# qemu-storage-daemon and qemu-img), socat and jq (benchmark baselines), tmux, and QEMU's own
-# Python client qemu.qmp from PyPI. Idempotent; needs root for apt-get.
+# qemu-storage-daemon and qemu-img), libvirt 9.0 (libvirtd, virtlogd, virsh; started by the
+# tests through scripts/libvirt/daemons.sh, under tini), socat and jq (benchmark baselines),
+# tmux, and QEMU's own Python client qemu.qmp from PyPI. Idempotent; needs root for apt-get.
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,9 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v socat >/dev/null || missing+=(socat)
 command -v jq >/dev/null || missing+=(jq)
 command -v tmux >/dev/null || missing+=(tmux)
+command -v tini >/dev/null || missing+=(tini)
+command -v libvirtd >/dev/null || missing+=(libvirt-daemon libvirt-daemon-driver-qemu)
+command -v virsh >/dev/null || missing+=(libvirt-clients)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
@@ -25,7 +29,14 @@ if ! python3 -c 'import qemu.qmp' 2>/dev/null; then
   echo "setup: installing qemu.qmp" >&2
   python3 -m pip install -q --root-user-action=ignore qemu.qmp
 fi
-for tool in qemu-system-x86_64 qemu-storage-daemon qemu-img socat jq tmux; do
+# libvirt's QEMU driver looks its default user up before reading qemu.conf (the tests run QEMU
+# as root), and virtlogd needs its log directory; libvirt-daemon-system would bring both, with
+# systemd units and networks the tests do not want.
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+  useradd --system -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+mkdir -p /var/log/libvirt/qemu
+for tool in qemu-system-x86_64 qemu-storage-daemon qemu-img socat jq tmux tini libvirtd virtlogd virsh; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }
 done
 python3 -c 'import qemu.qmp' || { echo "setup: the qemu.qmp Python package is still missing" >&2; exit 1; }

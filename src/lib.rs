@@ -8,6 +8,7 @@
 //! - [`capture`] defines the versioned JSON Lines capture format, its streaming writer and
 //!   reader.
 //! - [`proxy`] is the byte-transparent recording proxy (UNIX and TCP, SCM_RIGHTS passthrough).
+//! - [`launch`] finds and moves the QMP monitors on a QEMU command line, for `qmptap wrap`.
 //! - [`session`] pairs commands with replies once, for every consumer.
 //! - [`transcript`] renders sessions in the QMP manual's `->` / `<-` notation.
 #![deny(missing_docs)]

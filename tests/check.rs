@@ -18,8 +18,12 @@ fn capture(name: &str) -> PathBuf {
 const QAPI_9_1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/qapi-9.1");
 
 #[test]
-fn bundled_migration_and_block_captures_check_clean() {
-    for name in ["migration.jsonl", "block-mirror.jsonl"] {
+fn bundled_migration_block_and_libvirt_captures_check_clean() {
+    for name in [
+        "migration.jsonl",
+        "block-mirror.jsonl",
+        "libvirt-save.jsonl",
+    ] {
         let path = capture(name);
         let loaded = schema_for(&path, None).unwrap();
         assert!(

@@ -15,6 +15,7 @@ fn every_bundled_capture_is_the_same_as_itself() {
         "migration.jsonl",
         "block-mirror.jsonl",
         "errors-fds-oob.jsonl",
+        "libvirt-save.jsonl",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("captures")

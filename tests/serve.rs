@@ -148,6 +148,12 @@ fn serves_errors_fds_oob_as_recorded_with_fds() {
     replay_connection_1("errors-fds-oob.jsonl", ServeOptions::default());
 }
 
+/// libvirt's own session (about 420 commands, `getfd` with its fd, a save by migration).
+#[test]
+fn serves_libvirt_save_as_recorded() {
+    replay_connection_1("libvirt-save.jsonl", ServeOptions::default());
+}
+
 #[test]
 fn paced_and_strict_replays_give_the_same_answers() {
     replay_connection_1(

@@ -52,7 +52,7 @@ pub enum Command {
     /// them at once. Either way the capture is complete and the exit status 0.
     Record(RecordArgs),
     /// Start QEMU with its QMP monitors recorded: for launchers such as libvirt (as the
-    /// domain's <emulator>) and scripts.
+    /// domain emulator) and scripts.
     ///
     /// Finds the QMP monitors on QEMU's command line (libvirt's inherited
     /// `-chardev socket,fd=N,server=on` with `-mon ...,mode=control`, or `-qmp unix:PATH,server`

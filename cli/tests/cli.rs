@@ -866,3 +866,245 @@ fn tui_follows_a_live_migration_with_its_own_polls() {
         .count();
     assert!(polls >= 1, "{capture}");
 }
+
+/// A real libvirtd and virtlogd (scripts/libvirt/daemons.sh), stopped when dropped.
+struct Libvirt;
+
+impl Libvirt {
+    fn start(state: &Path) -> Libvirt {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirt/daemons.sh");
+        let status = Command::new(&script)
+            .arg("start")
+            .arg(state)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "libvirt is required: run scripts/setup.sh as root (see .ci/run)"
+        );
+        Libvirt
+    }
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirt/daemons.sh");
+        let _ = Command::new(script).arg("stop").status();
+    }
+}
+
+/// Runs virsh on the system connection and returns what it printed.
+fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A capture's records after its header, once the recorder has closed it.
+fn finished_capture(path: &Path) -> Vec<qmptap::capture::Record> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap();
+        if types(&text).last().map(String::as_str) == Some("close") {
+            return qmptap::capture::Reader::open(path)
+                .unwrap()
+                .map(|r| r.unwrap().record)
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not finished",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each message of a capture as (direction, parsed JSON, fds received with it).
+fn messages(
+    records: &[qmptap::capture::Record],
+) -> Vec<(qmptap::capture::Dir, serde_json::Value, u32)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            qmptap::capture::Record::Msg(m) => Some((
+                m.dir,
+                serde_json::from_slice(&m.raw_bytes()).unwrap(),
+                m.fds,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reply to the command with this `execute` name (and these arguments, when given),
+/// found by the id libvirt gave it; also the fds the command carried.
+fn reply_to(
+    msgs: &[(qmptap::capture::Dir, serde_json::Value, u32)],
+    execute: &str,
+    arguments: Option<&serde_json::Value>,
+) -> (serde_json::Value, u32) {
+    use qmptap::capture::Dir;
+    let (_, command, fds) = msgs
+        .iter()
+        .find(|(d, m, _)| {
+            *d == Dir::C2s
+                && m["execute"] == execute
+                && arguments.is_none_or(|a| m["arguments"] == *a)
+        })
+        .unwrap_or_else(|| panic!("libvirt sent no {execute} {arguments:?}"));
+    let id = &command["id"];
+    assert!(
+        id.as_str().is_some_and(|i| i.starts_with("libvirt-")),
+        "{command}"
+    );
+    let (_, reply, _) = msgs
+        .iter()
+        .find(|(d, m, _)| *d == Dir::S2c && m["id"] == *id)
+        .unwrap_or_else(|| panic!("no reply to {command}"));
+    (reply.clone(), *fds)
+}
+
+/// libvirt itself as the client: a domain whose `<emulator>` is `qmptap wrap` is started,
+/// paused, resumed, queried, saved (libvirt passes the migration fd on `getfd`'s own write)
+/// and restored; each QEMU run is recorded from libvirt's first byte, the fd crosses the
+/// proxy and `getfd` succeeds, and the captures check clean.
+#[test]
+fn wrap_records_what_libvirt_says_to_qemu() {
+    use qmptap::capture::{Dir, Record};
+    use serde_json::json;
+    let dir = TempDir::new("libvirt");
+    let captures = dir.path("captures");
+    std::fs::create_dir(&captures).unwrap();
+    let _libvirt = Libvirt::start(&dir.path("libvirt"));
+    let wrapper = dir.path("qemu-wrap");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {BIN} wrap --capture-dir {} -- /usr/bin/qemu-system-x86_64 \"$@\"\n",
+            captures.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let name = format!("qmptap-wrap-{}", std::process::id());
+    let xml = dir.path("domain.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <emulator>{}</emulator><controller type='usb' model='none'/>\
+             <memballoon model='none'/></devices></domain>",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    let saved = dir.path("vm.save");
+    virsh(&["define", xml.to_str().unwrap()]);
+    virsh(&["start", &name]);
+    virsh(&["suspend", &name]);
+    virsh(&["resume", &name]);
+    let before: serde_json::Value = serde_json::from_str(&virsh(&[
+        "qemu-monitor-command",
+        &name,
+        r#"{"execute":"query-status"}"#,
+    ]))
+    .unwrap();
+    virsh(&["save", &name, saved.to_str().unwrap()]);
+    virsh(&["restore", saved.to_str().unwrap()]);
+    let after: serde_json::Value = serde_json::from_str(&virsh(&[
+        "qemu-monitor-command",
+        &name,
+        r#"{"execute":"query-status"}"#,
+    ]))
+    .unwrap();
+    virsh(&["destroy", &name]);
+    virsh(&["undefine", &name]);
+
+    // One capture per QEMU run (libvirt's capability probes daemonize and are not recorded).
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&captures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let libvirtd: i32 = std::fs::read_to_string("/run/libvirtd.pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (started, restored) = (finished_capture(&files[0]), finished_capture(&files[1]));
+    for (records, file) in [(&started, &files[0]), (&restored, &files[1])] {
+        let header = qmptap::capture::Reader::open(file)
+            .unwrap()
+            .header()
+            .clone();
+        let listen = header.listen.as_deref().unwrap_or_default();
+        assert!(
+            listen.starts_with("unix:/var/lib/libvirt/qemu/domain-")
+                && listen.ends_with("/monitor.sock"),
+            "the capture names libvirt's own monitor socket: {listen}"
+        );
+        let Record::Open(open) = &records[0] else {
+            panic!("no open record")
+        };
+        assert_eq!(open.peer.pid, Some(libvirtd), "libvirtd is the client");
+        let msgs = messages(records);
+        assert_eq!(msgs[0].0, Dir::S2c, "QEMU's greeting first");
+        assert!(msgs[0].1["QMP"].is_object());
+        assert_eq!(msgs[1].1["execute"], "qmp_capabilities");
+        let check = Command::new(BIN).arg("check").arg(file).output().unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+
+    let msgs = messages(&started);
+    assert_eq!(reply_to(&msgs, "stop", None).0["return"], json!({}));
+    assert_eq!(reply_to(&msgs, "cont", None).0["return"], json!({}));
+    let events: Vec<&serde_json::Value> = msgs
+        .iter()
+        .filter(|(d, m, _)| *d == Dir::S2c && m.get("event").is_some())
+        .map(|(_, m, _)| &m["event"])
+        .collect();
+    for event in ["STOP", "RESUME"] {
+        assert!(events.contains(&&json!(event)), "{events:?}");
+    }
+    // virsh qemu-monitor-command got what QEMU said, and the capture has it.
+    let (status, _) = reply_to(&msgs, "query-status", None);
+    assert_eq!(status["return"], before["return"]);
+    // virsh save: the fd rides on getfd's own write, and QEMU takes it.
+    let (getfd, fds) = reply_to(&msgs, "getfd", Some(&json!({"fdname": "migrate"})));
+    assert_eq!(fds, 1, "getfd carried the migration fd");
+    assert_eq!(getfd, json!({"return": {}, "id": getfd["id"]}));
+    let (migrate, _) = reply_to(&msgs, "migrate", None);
+    assert_eq!(migrate["return"], json!({}));
+    assert!(
+        msgs.iter()
+            .any(|(_, m, _)| m["event"] == "MIGRATION" && m["data"]["status"] == "completed"),
+        "the save completed"
+    );
+    // virsh restore: the save file is inherited by QEMU, not by the recorder.
+    let msgs = messages(&restored);
+    let (incoming, _) = reply_to(&msgs, "migrate-incoming", None);
+    assert_eq!(incoming["return"], json!({}));
+    assert!(
+        msgs.iter()
+            .any(|(_, m, _)| m["event"] == "MIGRATION" && m["data"]["status"] == "completed"),
+        "the restore completed"
+    );
+    let (status, _) = reply_to(&msgs, "query-status", None);
+    assert_eq!(status["return"], after["return"]);
+}

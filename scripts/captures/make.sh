@@ -2,12 +2,13 @@
 # Produce qmptap's bundled REAL captures (captures/NAME.jsonl) from real QEMU processes.
 #
 #   scripts/captures/make.sh [NAME...]      NAME: migration block-mirror errors-fds-oob
-#                                           (default: all three)
+#                                           libvirt-save (default: all four)
 #
 # For each scenario: start the real QEMU process(es) in a temporary directory, put
 # `qmptap record` in front of the monitor the client uses, run the scenario client
 # (scripts/captures/*.py, using QEMU's qemu.qmp package) through the proxy, stop qmptap
-# with SIGTERM, stop QEMU and move the capture to captures/NAME.jsonl.
+# with SIGTERM, stop QEMU and move the capture to captures/NAME.jsonl. libvirt-save instead
+# has libvirt start QEMU through `qmptap wrap` (as root; scripts/libvirt/daemons.sh).
 # Environment: PYTHON (default python3), QEMU (default qemu-system-x86_64), QSD
 # (default qemu-storage-daemon), MIG_BANDWIDTH (bytes/s), MIRROR_SPEED (bytes/s).
 set -euo pipefail
@@ -21,7 +22,7 @@ QEMU="${QEMU:-qemu-system-x86_64}"
 QSD="${QSD:-qemu-storage-daemon}"
 MIG_BANDWIDTH="${MIG_BANDWIDTH:-200000}"
 MIRROR_SPEED="${MIRROR_SPEED:-16777216}"
-ALL=(migration block-mirror errors-fds-oob)
+ALL=(migration block-mirror errors-fds-oob libvirt-save)
 
 die() { echo "make.sh: error: $*" >&2; exit 1; }
 say() { echo "make.sh: $*" >&2; }
@@ -44,6 +45,7 @@ need jq "jq is required to check the captures (apt-get install jq)"
     || die "the Python package qemu.qmp is missing for $PYTHON (pip install qemu.qmp)"
 for n in "${NAMES[@]}"; do
     case $n in
+        libvirt-save) need virsh "libvirt is required for '$n' (scripts/setup.sh)";;
         migration|errors-fds-oob) need "$QEMU" "QEMU is required for '$n' (apt-get install qemu-system-x86)";;
         block-mirror) need "$QSD" "qemu-storage-daemon is required for '$n' (apt-get install qemu-system-common)"
                       need qemu-img "qemu-img is required for '$n' (apt-get install qemu-utils)"
@@ -60,9 +62,11 @@ fi
 TMP="$(mktemp -d /tmp/qmptap-captures.XXXXXX)"
 PIDS=()
 FAILED=()
+LIBVIRT_STARTED=0
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
+    [[ $LIBVIRT_STARTED == 1 ]] && "$ROOT/scripts/libvirt/daemons.sh" stop
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -130,6 +134,12 @@ finish() {
     local name=$1
     stop "$QMPTAP_PID" "qmptap"
     [[ $STATUS -eq 0 ]] || die "qmptap record exited with status $STATUS: $(cat "$TMP/qmptap-$name.log")"
+    publish "$name"
+}
+
+# publish NAME : check $TMP/NAME.jsonl and move it to captures/
+publish() {
+    local name=$1
     local msgs
     msgs=$(grep -c '"type":"msg"' "$TMP/$name.jsonl" || true)
     [[ $msgs -gt 0 ]] || die "capture $name has no messages"
@@ -217,6 +227,46 @@ scenario_errors_fds_oob() {
     client errors_fds_oob.py --proxy "$TMP/proxy.sock"
     finish errors-fds-oob
     stop_qemu "$q" "QEMU"
+}
+
+scenario_libvirt_save() {
+    local d="$TMP/libvirt" dom="qmptap-demo"
+    mkdir -p "$d/captures"
+    "$ROOT/scripts/libvirt/daemons.sh" start "$d/state"
+    LIBVIRT_STARTED=1
+    printf '#!/bin/sh\nexec %s wrap --capture-dir %s -- /usr/bin/qemu-system-x86_64 "$@"\n' \
+        "$QMPTAP" "$d/captures" >"$d/qemu-wrap"
+    chmod 0755 "$d/qemu-wrap"
+    cat >"$d/domain.xml" <<XML
+<domain type='qemu'>
+  <name>$dom</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>$d/qemu-wrap</emulator>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+    local v=(virsh -q -c qemu:///system)
+    say "virsh: define, start, suspend, resume, qemu-monitor-command query-status, save"
+    "${v[@]}" define "$d/domain.xml" >/dev/null
+    "${v[@]}" start "$dom" >/dev/null
+    "${v[@]}" suspend "$dom" >/dev/null
+    "${v[@]}" resume "$dom" >/dev/null
+    "${v[@]}" qemu-monitor-command "$dom" '{"execute":"query-status"}' >/dev/null
+    "${v[@]}" save "$dom" "$d/vm.save" >/dev/null
+    "${v[@]}" undefine "$dom" >/dev/null
+    "$ROOT/scripts/libvirt/daemons.sh" stop
+    LIBVIRT_STARTED=0
+    local capture
+    capture=$(ls "$d"/captures/*.jsonl)
+    for _ in $(seq 100); do tail -n 1 "$capture" | grep -q '"type":"close"' && break; sleep 0.1; done
+    mv "$capture" "$TMP/libvirt-save.jsonl"
+    QMPTAP_PID=
+    publish libvirt-save
 }
 
 say "$("$QEMU" --version 2>/dev/null | head -n1 || true); $("$PYTHON" -c 'import importlib.metadata as m; print("qemu.qmp", m.version("qemu.qmp"))')"
