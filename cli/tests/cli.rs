@@ -973,6 +973,34 @@ fn reply_to(
     (reply.clone(), *fds)
 }
 
+/// What libvirt's own debug log (`QEMU_MONITOR_SEND_MSG` lines) says it sent, one list per
+/// monitor session: each message with whether an fd went with it.
+fn libvirt_sessions(log: &Path) -> Vec<Vec<(serde_json::Value, bool)>> {
+    let text = String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned();
+    let mut sessions: Vec<(String, Vec<(serde_json::Value, bool)>)> = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line
+            .split_once("QEMU_MONITOR_SEND_MSG: mon=")
+            .map(|(_, r)| r)
+        else {
+            continue;
+        };
+        let (mon, msg) = rest.split_once(" msg=").unwrap();
+        // The message ends with its CR LF, so " fd=N" is on the next physical line.
+        let fd = lines.next_if(|l| l.starts_with(" fd=")).unwrap_or_default();
+        let msg: serde_json::Value = serde_json::from_str(msg.trim_end_matches('\r')).unwrap();
+        let with_fd = fd.trim() != "fd=-1" && !fd.is_empty();
+        if msg["execute"] == "qmp_capabilities" {
+            sessions.push((mon.to_owned(), Vec::new()));
+        }
+        if let Some((_, session)) = sessions.iter_mut().rev().find(|(m, _)| m == mon) {
+            session.push((msg, with_fd));
+        }
+    }
+    sessions.into_iter().map(|(_, s)| s).collect()
+}
+
 /// libvirt itself as the client: a domain whose `<emulator>` is `qmptap wrap` is started,
 /// paused, resumed, queried, saved (libvirt passes the migration fd on `getfd`'s own write)
 /// and restored; each QEMU run is recorded from libvirt's first byte, the fd crosses the
@@ -1068,6 +1096,31 @@ fn wrap_records_what_libvirt_says_to_qemu() {
             check.status.success(),
             "{}",
             String::from_utf8_lossy(&check.stdout)
+        );
+    }
+
+    // Independently, libvirt's own log of what it sent: each capture holds exactly one of
+    // libvirt's monitor sessions, message for message, fds included.
+    let logged = libvirt_sessions(&dir.path("libvirt/log/libvirtd.log"));
+    assert!(
+        logged
+            .iter()
+            .flatten()
+            .any(|(m, fd)| *fd && m["execute"] == "getfd"),
+        "the log shows getfd with its fd"
+    );
+    for (records, file) in [(&started, &files[0]), (&restored, &files[1])] {
+        let sent: Vec<(serde_json::Value, bool)> = messages(records)
+            .into_iter()
+            .filter(|(d, _, _)| *d == Dir::C2s)
+            .map(|(_, m, fds)| (m, fds > 0))
+            .collect();
+        assert!(
+            logged.contains(&sent),
+            "{}: its {} client messages are not one of libvirt's {} logged sessions",
+            file.display(),
+            sent.len(),
+            logged.len()
         );
     }
 
