@@ -62,7 +62,8 @@ pub enum Command {
     /// for QEMU's socket and stops when QEMU exits. QEMU with -daemonize, or without a QMP
     /// server socket, runs unrecorded.
     ///
-    /// Exit status: QEMU's own; 2 if QEMU could not be started.
+    /// Exit status: QEMU's own; 2 if QEMU could not be started or its monitors could not be
+    /// recorded (QEMU is then not started).
     Wrap(WrapArgs),
     /// Print a capture as a transcript (-> client, <- server) with times and latencies.
     Show(ShowArgs),

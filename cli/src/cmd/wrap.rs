@@ -16,6 +16,14 @@ pub fn run(a: &WrapArgs) -> Result<ExitCode> {
     let Some((qemu, args)) = a.qemu.split_first() else {
         bail!("no QEMU to start");
     };
+    // Refuse to start QEMU rather than let it run unrecorded behind a recorder that cannot
+    // write: the launcher reports the failure with this message.
+    if !a.capture_dir.is_dir() {
+        bail!(
+            "the capture directory '{}' does not exist",
+            a.capture_dir.display()
+        );
+    }
     let pid = std::process::id();
     let plan = if launch::daemonizes(args) {
         eprintln!("qmptap: QEMU is told to -daemonize; starting it unrecorded");
