@@ -269,7 +269,8 @@ pub fn move_monitor(args: &[OsString], monitor: &Monitor, path: &Path) -> Vec<Os
                     placed = true;
                 }
             }
-            "wait" | "nowait" => {}
+            // An empty part would join its neighbours into one `,,` (a literal comma).
+            "" | "wait" | "nowait" => {}
             _ => push_part(&mut new, &part),
         }
     }
@@ -426,6 +427,12 @@ mod tests {
             move_monitor(&a, &found[0], Path::new("/p"))[1],
             "unix:/p,server,wait=off"
         );
+        // Found by the fuzzer: an empty part must not turn the next separator into `,,`.
+        let trailing = args(&["-qmp", "unix:/q,server,"]);
+        let at = monitors(&trailing).unwrap();
+        let moved = move_monitor(&trailing, &at[0], Path::new("/p"));
+        assert_eq!(moved[1], "unix:/p,server,wait=off");
+        assert_eq!(monitors(&moved).unwrap().len(), 1);
         assert_eq!(
             move_monitor(&a, &found[2], Path::new("/p"))[7],
             "socket,id=m,path=/p,server=on,wait=off"
