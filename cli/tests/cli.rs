@@ -257,37 +257,26 @@ fn texts(capture: &Path, dir: qmptap::capture::Dir) -> Vec<String> {
 fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     let dir = TempDir::new("wrap");
     let monitor = dir.path("mon.sock");
-    let mut child = Command::new(BIN)
-        .args(["wrap", "--capture-dir"])
-        .arg(&dir.0)
-        .args([
+    let mut child = start(
+        "wrap",
+        &[
+            "--capture-dir",
+            dir.0.to_str().unwrap(),
             "--",
             "qemu-system-x86_64",
             "-machine",
             "none",
             "-nodefaults",
-        ])
-        .args([
             "-display",
             "none",
             "-name",
             "guest=t1,debug-threads=on",
             "-qmp",
-        ])
-        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("qmptap: recording QEMU's monitor at unix:"),
-        "{line}"
+            &format!("unix:{},server=on,wait=off", monitor.display()),
+        ],
+        Stdio::null(),
+        "qmptap: recording QEMU's monitor at unix:",
     );
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     // The pid the launcher knows is QEMU's: wrap became QEMU.
     let exe = Path::new("/proc").join(child.id().to_string()).join("exe");
     let deadline = Instant::now() + Duration::from_secs(10);
