@@ -361,6 +361,26 @@ fn record_refuses_what_it_must_not_touch() {
         "{err}"
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    assert!(
+        !dir.path("a.jsonl").exists(),
+        "a capture that never started is not left behind to block the next attempt"
+    );
+    // An inherited descriptor must exist and be a listening socket; fd:N is never an upstream.
+    for (listen, upstream, says) in [
+        ("fd:99", "unix:/x", "no such open descriptor"),
+        ("fd:0", "unix:/x", "not a socket"),
+        ("unix:/x", "fd:3", "only for --listen"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["record", "--listen", listen, "--upstream", upstream, "-o"])
+            .arg(dir.path("fd.jsonl"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{listen} {upstream}: {err}");
+    }
     // An existing capture is not overwritten without --force.
     let capture = dir.path("old.jsonl");
     std::fs::write(&capture, b"old").unwrap();

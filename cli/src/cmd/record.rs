@@ -62,6 +62,18 @@ pub fn run(args: &RecordArgs) -> Result<ExitCode> {
             })?;
         Box::new(BufWriter::with_capacity(1 << 16, file))
     };
+    let result = record(args, &v, out);
+    if result.is_err() && args.output.as_os_str() != "-" {
+        // Nothing was recorded (not even the header): leave no empty file behind to block
+        // the next attempt.
+        if std::fs::metadata(&args.output).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&args.output);
+        }
+    }
+    result
+}
+
+fn record(args: &RecordArgs, v: &Validated, out: Box<dyn Write + Send>) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
