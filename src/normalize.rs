@@ -220,6 +220,16 @@ const DEFAULT_RULES: &[(&str, &str, &str)] = &[
         "add-fd:return.fd",
     ),
     (
+        "host-thread-id",
+        "the host's thread ids of vCPUs and iothreads differ on every run",
+        "query-cpus-fast:return[].thread-id",
+    ),
+    (
+        "host-thread-id",
+        "the host's thread ids of vCPUs and iothreads differ on every run",
+        "query-iothreads:return[].thread-id",
+    ),
+    (
         "fd-number",
         "QEMU's own descriptor numbers",
         "query-fdsets:return[].fds[].fd",

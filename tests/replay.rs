@@ -210,3 +210,80 @@ fn a_device_left_out_shows_as_exactly_the_replies_that_differ() {
         "{report:#?}"
     );
 }
+
+/// libvirt's own session (`captures/libvirt-save.jsonl`: ~420 commands, `getfd` with libvirt's
+/// fd, `virsh save` as a migration to it) against a fresh QEMU started with the command line
+/// libvirt gave the recorded one (captures/README.md), monitor and secret file moved to the
+/// test's directory. The migration goes to replay's read-write /dev/null substitute.
+#[test]
+fn the_libvirt_capture_replays_clean_against_qemu_started_as_libvirt_did() {
+    let dir = TempDir::new("replay-libvirt");
+    let socket = dir.path("monitor.sock");
+    let key = dir.path("master-key.aes");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let secret = format!(
+        r#"{{"qom-type":"secret","id":"masterKey0","format":"raw","file":"{}"}}"#,
+        key.display()
+    );
+    let chardev = format!(
+        "socket,id=charmonitor,path={},server=on,wait=off",
+        socket.display()
+    );
+    let _qemu = spawn(Command::new(crate::util::qemu_binary()).args([
+        "-name",
+        "guest=qmptap-demo,debug-threads=on",
+        "-S",
+        "-object",
+        &secret,
+        "-machine",
+        "pc-i440fx-7.2,usb=off,dump-guest-core=off,memory-backend=pc.ram",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "qemu64",
+        "-m",
+        "64",
+        "-object",
+        r#"{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864}"#,
+        "-overcommit",
+        "mem-lock=off",
+        "-smp",
+        "1,sockets=1,cores=1,threads=1",
+        "-display",
+        "none",
+        "-no-user-config",
+        "-nodefaults",
+        "-chardev",
+        &chardev,
+        "-mon",
+        "chardev=charmonitor,id=monitor,mode=control",
+        "-rtc",
+        "base=utc",
+        "-no-shutdown",
+        "-no-acpi",
+        "-boot",
+        "strict=on",
+        "-audiodev",
+        r#"{"id":"audio1","driver":"none"}"#,
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-msg",
+        "timestamp=on",
+    ]));
+    wait_for_socket(&socket);
+    // query-chardev names the monitor's socket: the recording's was wrap's private one.
+    let recorded = qmptap::capture::Reader::open(&capture("libvirt-save.jsonl"))
+        .unwrap()
+        .header()
+        .upstream
+        .clone()
+        .unwrap();
+    let mut o = options(&socket);
+    o.rewrites = vec![(
+        recorded.trim_start_matches("unix:").to_owned(),
+        socket.display().to_string(),
+    )];
+    let report = replay(&capture("libvirt-save.jsonl"), &o).unwrap();
+    assert_clean(&report);
+    assert!(report.connections[0].matched > 400, "{report:#?}");
+}

@@ -83,10 +83,11 @@ pub enum Command {
     /// time). Before each client message, the server messages that preceded it in the
     /// recording must have arrived (its reply, the events the client had seen), each wait
     /// bounded by --timeout. Messages are sent byte for byte; one that carried file
-    /// descriptors gets as many substitutes opened on /dev/null, so getfd and add-fd work.
+    /// descriptors gets as many substitutes opened on /dev/null (read-write), so getfd and
+    /// add-fd work, and a migration or dump to such an fd completes.
     /// Replies and events are compared after normalisation (event timestamps, ids, migration
-    /// counters and times, job progress, fd numbers, the package string; add rules with
-    /// --ignore).
+    /// counters and times, job progress, fd numbers, host thread ids, the package string; add
+    /// rules with --ignore).
     ///
     /// Exit status: 0 everything matched, 1 differences, 2 could not run.
     Replay(ReplayArgs),

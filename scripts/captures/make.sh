@@ -234,8 +234,9 @@ scenario_libvirt_save() {
     mkdir -p "$d/captures"
     "$ROOT/scripts/libvirt/daemons.sh" start "$d/state"
     LIBVIRT_STARTED=1
-    printf '#!/bin/sh\nexec %s wrap --capture-dir %s -- /usr/bin/qemu-system-x86_64 "$@"\n' \
-        "$QMPTAP" "$d/captures" >"$d/qemu-wrap"
+    # The wrapper also keeps each command line libvirt gives QEMU, for captures/README.md.
+    printf '#!/bin/sh\nprintf "%%s\\n" "$@" >%s/argv-$$\nexec %s wrap --capture-dir %s -- /usr/bin/qemu-system-x86_64 "$@"\n' \
+        "$d" "$QMPTAP" "$d/captures" >"$d/qemu-wrap"
     chmod 0755 "$d/qemu-wrap"
     cat >"$d/domain.xml" <<XML
 <domain type='qemu'>
@@ -265,6 +266,8 @@ XML
     capture=$(ls "$d"/captures/*.jsonl)
     for _ in $(seq 100); do tail -n 1 "$capture" | grep -q '"type":"close"' && break; sleep 0.1; done
     mv "$capture" "$TMP/libvirt-save.jsonl"
+    say "libvirt's QEMU command line for the recorded run:"
+    grep -L -x -- -daemonize "$d"/argv-* | xargs cat | sed 's/^/    /' >&2
     QMPTAP_PID=
     publish libvirt-save
 }

@@ -389,7 +389,8 @@ impl Live {
     }
 
     /// Sends one recorded client frame; a frame that came with descriptors gets as many
-    /// substitutes (`/dev/null`, read-only), attached to its own bytes.
+    /// substitutes (`/dev/null`, read and write: a migration or dump QEMU writes to it
+    /// succeeds, its bytes discarded), attached to its own bytes.
     fn send(&mut self, msg: &Msg, mut bytes: Vec<u8>) -> io::Result<()> {
         // Whitespace between messages is not recorded. A frame that only ends when something
         // follows it gets a newline, which means nothing else to QEMU: a lone number or
@@ -403,7 +404,13 @@ impl Live {
             return self.stream.write_all(&bytes);
         }
         let fds: Vec<OwnedFd> = (0..msg.fds)
-            .map(|_| std::fs::File::open("/dev/null").map(OwnedFd::from))
+            .map(|_| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+            })
             .collect::<Result<_, _>>()?;
         let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let iov = [IoSlice::new(&bytes)];
