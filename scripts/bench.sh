@@ -8,6 +8,7 @@
 #   scripts/bench.sh serve      the mock server against QEMU, pipelined
 #   scripts/bench.sh stats      `qmptap stats` on a 1 GiB capture against jq (SIZE_MB=... to change)
 #   scripts/bench.sh tui        `qmptap tui --follow` chasing 10 000 messages/s: CPU busy and idle
+#   scripts/bench.sh libvirt    `virsh start` of a domain whose QEMU runs under `qmptap wrap`, and plain
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -78,4 +79,8 @@ if [[ $what == all || $what == tui ]]; then
   echo "CPU busy: $(( (t1 - t0) * 100 / (hz * seconds) ))% of one core; idle: $(( (t3 - t2) * 100 / (hz * seconds) ))%"
   [[ $written == "$shown" ]] || { echo "the monitor lost messages"; exit 1; }
   rm -r "$out"
+fi
+if [[ $what == all || $what == libvirt ]]; then
+  cargo build --release -p qmptap-cli
+  scripts/bench/libvirt-start.sh target/release/qmptap "${ROUNDS:-10}"
 fi

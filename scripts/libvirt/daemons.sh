@@ -17,13 +17,12 @@ URI=qemu:///system
 say() { printf 'libvirt: %s\n' "$*" >&2; }
 alive() { # PIDFILE NAME: the pid in it runs (not a zombie) and is that program
   local pid
-  [[ -s $1 ]] || return 1
-  pid=$(cat "$1")
-  [[ -r /proc/$pid/stat && $(awk '{print $3}' "/proc/$pid/stat") != Z && $(cat "/proc/$pid/comm") == "$2" ]]
+  pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] || return 1  # the daemon removes it as it exits
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) =~ ^[^Z]$ && $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
 }
 stop_daemon() { # PIDFILE NAME
   alive "$1" "$2" || { rm -f "$1"; return 0; }
-  local pid; pid=$(cat "$1")
+  local pid; pid=$(cat "$1" 2>/dev/null) || return 0
   kill -TERM "$pid"
   for _ in $(seq 100); do alive "$1" "$2" || break; sleep 0.1; done
   alive "$1" "$2" && kill -KILL "$pid"

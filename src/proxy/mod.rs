@@ -250,7 +250,7 @@ async fn connect_upstream(addr: &Addr, wait: Duration) -> Result<Stream, String>
                     io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
                 ) && tokio::time::Instant::now() < deadline =>
             {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("timed out".to_owned()),
