@@ -97,18 +97,25 @@ pub fn schema_for(path: &Path, spec: Option<&SchemaSpec>) -> Result<Loaded, Audi
             ),
         });
     }
-    let mut version = None;
+    let mut greeting = None;
     for located in Reader::open(path)? {
         if let Record::Msg(m) = located?.record {
             if m.kind == Kind::Greeting {
-                version = m.value().and_then(|v| {
-                    let q = &v["QMP"]["version"]["qemu"];
-                    Some((q["major"].as_u64()?, q["minor"].as_u64()?))
-                });
+                greeting = m.value();
                 break;
             }
         }
     }
+    builtin_for_greeting(greeting.as_ref())
+}
+
+/// The built-in schema nearest the QEMU version a greeting announces (the newest without
+/// one), described with why it was chosen.
+pub fn builtin_for_greeting(greeting: Option<&Value>) -> Result<Loaded, AuditError> {
+    let version = greeting.and_then(|v| {
+        let q = &v["QMP"]["version"]["qemu"];
+        Some((q["major"].as_u64()?, q["minor"].as_u64()?))
+    });
     let (builtin, why) = match version {
         Some((major, minor)) => (
             schema::builtin::nearest(major, minor),
@@ -212,28 +219,62 @@ fn check_records(
     policy: Policy,
     assume_negotiated: bool,
 ) -> Result<Report, AuditError> {
-    let checker = Checker::new(&loaded.schema, policy);
-    let mut tracker = Tracker::new();
-    let mut conns: HashMap<u64, Negotiation> = HashMap::new();
+    let mut audit = Audit::new(loaded, policy, assume_negotiated);
     let mut report = Report {
         file,
         schema: loaded.description.clone(),
         messages: 0,
         findings: Vec::new(),
     };
-    let mut found = Vec::new();
     for located in records {
         let located = located?;
-        let role = tracker.observe(&located.record);
+        if matches!(located.record, Record::Msg(_)) {
+            report.messages += 1;
+        }
+        report.findings.extend(audit.observe(&located));
+    }
+    Ok(report)
+}
+
+/// The checks, record by record: what `qmptap check` does over a whole capture, and the TUI
+/// over a session as it happens.
+pub struct Audit<'s> {
+    checker: Checker<'s>,
+    tracker: Tracker,
+    conns: HashMap<u64, Negotiation>,
+    assume_negotiated: bool,
+    found: Vec<crate::schema::check::Finding>,
+}
+
+impl<'s> Audit<'s> {
+    /// Checks against `loaded`; `assume_negotiated` for transcripts that leave negotiation
+    /// out.
+    pub fn new(loaded: &'s Loaded, policy: Policy, assume_negotiated: bool) -> Audit<'s> {
+        Audit {
+            checker: Checker::new(&loaded.schema, policy),
+            tracker: Tracker::new(),
+            conns: HashMap::new(),
+            assume_negotiated,
+            found: Vec::new(),
+        }
+    }
+
+    /// The findings about one record (none for records that are not messages).
+    pub fn observe(&mut self, located: &crate::capture::Located) -> Vec<Located> {
+        let role = self.tracker.observe(&located.record);
         let Record::Msg(m) = &located.record else {
-            continue;
+            return Vec::new();
         };
-        report.messages += 1;
-        let state = conns.entry(m.conn).or_insert(if assume_negotiated {
-            Negotiation::Done { oob: false }
-        } else {
-            Negotiation::Pending
-        });
+        let checker = &self.checker;
+        let mut found = std::mem::take(&mut self.found);
+        let state = self
+            .conns
+            .entry(m.conn)
+            .or_insert(if self.assume_negotiated {
+                Negotiation::Done { oob: false }
+            } else {
+                Negotiation::Pending
+            });
         let value = m.value();
         let mut rules: Vec<Located> = Vec::new();
         let mut protocol =
@@ -379,12 +420,12 @@ fn check_records(
                 found: f.found,
             });
         }
-        for mut f in rules {
+        self.found = found;
+        for f in &mut rules {
             f.name.clone_from(&name);
-            report.findings.push(f);
         }
+        rules
     }
-    Ok(report)
 }
 
 /// Checks a capture, or a transcript in the documentation's notation, against `schema` if

@@ -76,15 +76,86 @@ fn start_findings(path: std::path::PathBuf, tx: mpsc::Sender<Event>) {
     });
 }
 
+/// Checks records on their way from a source to the monitor, as `qmptap check` would, for
+/// sources that are not finished files (a capture being written, the live proxy): the schema
+/// is the built-in one nearest the first greeting's QEMU version; records before it wait.
+/// Returns the sender the source should use.
+pub fn audited(tx: mpsc::Sender<Event>) -> mpsc::Sender<Event> {
+    use qmptap::audit::{Audit, Report, builtin_for_greeting};
+    use qmptap::capture::Record;
+    let (source_tx, rx) = mpsc::channel::<Event>();
+    std::thread::spawn(move || {
+        let mut before = Vec::new();
+        let loaded = loop {
+            let Ok(event) = rx.recv() else { return };
+            let greeting = match &event {
+                Event::Record(located) => match &located.record {
+                    Record::Msg(m) if m.kind == qmptap::wire::Kind::Greeting => Some(m.value()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Event::Record(located) = &event {
+                before.push(located.clone());
+            }
+            if tx.send(event).is_err() {
+                return;
+            }
+            if let Some(greeting) = greeting {
+                match builtin_for_greeting(greeting.as_ref()) {
+                    Ok(loaded) => break loaded,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no schema findings");
+                        // Forward the rest unchecked.
+                        for event in rx {
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        let mut audit = Audit::new(&loaded, qmptap::schema::check::Policy::default(), false);
+        let send_findings = |findings: Vec<qmptap::audit::Located>| {
+            findings.is_empty()
+                || tx
+                    .send(Event::Findings(Report {
+                        file: String::new(),
+                        schema: loaded.description.clone(),
+                        messages: 0,
+                        findings,
+                    }))
+                    .is_ok()
+        };
+        let mut open = before
+            .iter()
+            .all(|located| send_findings(audit.observe(located)));
+        for event in rx {
+            if !open {
+                return;
+            }
+            let findings = match &event {
+                Event::Record(located) => audit.observe(located),
+                _ => Vec::new(),
+            };
+            open = tx.send(event).is_ok() && send_findings(findings);
+        }
+    });
+    source_tx
+}
+
 /// Runs the monitor on the terminal until the user quits.
 pub fn run(source: &Source, color: bool) -> Result<(), TuiError> {
     let (tx, rx) = mpsc::channel();
-    let _running = source.start(tx.clone());
-    if let Some(path) = source.file() {
-        start_findings(path.clone(), tx);
-    } else {
-        drop(tx);
-    }
+    let _running = match source {
+        Source::File(path) | Source::Replay { path, .. } => {
+            start_findings(path.clone(), tx.clone());
+            source.start(tx)
+        }
+        Source::Follow(_) | Source::Live { .. } => source.start(audited(tx)),
+    };
     let mut app = App::new(source.title());
     let palette = view::Palette::new(color);
     let mut terminal = ratatui::init();

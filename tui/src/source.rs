@@ -76,14 +76,6 @@ impl Source {
         }
     }
 
-    /// The capture file, for sources that read one.
-    pub fn file(&self) -> Option<&PathBuf> {
-        match self {
-            Source::File(p) | Source::Follow(p) | Source::Replay { path: p, .. } => Some(p),
-            Source::Live { .. } => None,
-        }
-    }
-
     /// Starts the source on its own thread.
     pub fn start(&self, tx: Sender<Event>) -> Running {
         let stop = Arc::new(AtomicBool::new(false));

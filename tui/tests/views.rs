@@ -221,3 +221,39 @@ fn replay_plays_at_the_recorded_pace_scaled() {
     assert_eq!(app.entries.len(), load("migration.jsonl").entries.len());
     assert_eq!(app.analyser.migration.runs()[0].status(), Some("completed"));
 }
+
+/// A capture being written gets the schema findings `qmptap check` gives the finished file,
+/// record by record as they arrive (the live proxy goes through the same `audited`).
+#[test]
+fn findings_come_as_a_followed_capture_grows() {
+    let dir = std::env::temp_dir().join(format!("qmptap-tui-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("growing.jsonl");
+    let whole = capture("errors-fds-oob.jsonl");
+    let text = std::fs::read_to_string(&whole).unwrap();
+    let mut file = std::fs::File::create(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let _running = Source::Follow(path.clone()).start(qmptap_tui::audited(tx));
+    let mut app = App::new("follow");
+    for line in text.lines() {
+        writeln!(file, "{line}").unwrap();
+    }
+    file.flush().unwrap();
+    let loaded = qmptap::audit::schema_for(&whole, None).unwrap();
+    let expected =
+        qmptap::audit::check_capture(&whole, &loaded, qmptap::schema::check::Policy::default())
+            .unwrap();
+    assert_eq!(expected.errors(), 9);
+    let count = |app: &App| app.findings.values().map(Vec::len).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&app) < expected.findings.len() {
+        assert!(Instant::now() < deadline, "{} findings so far", count(&app));
+        drain(&mut app, &rx);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for f in &expected.findings {
+        assert!(app.findings[&f.line].contains(f), "{f:?}");
+    }
+    assert_eq!(app.schema.as_deref(), Some(loaded.description.as_str()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
