@@ -239,8 +239,9 @@ pub fn monitors(args: &[OsString]) -> Result<Vec<Monitor>, LaunchError> {
     Ok(found)
 }
 
-/// `args` with `monitor` moved to a UNIX socket at `path`, served by QEMU without waiting for
-/// a client (the proxy connects when its first client does).
+/// `args` with `monitor` moved to a UNIX socket at `path`, every other option kept: with
+/// `wait` (QEMU's default for a server), QEMU still waits for its first client before it runs,
+/// which is now the recorder, connecting when its own first client does.
 pub fn move_monitor(args: &[OsString], monitor: &Monitor, path: &Path) -> Vec<OsString> {
     let mut out = args.to_vec();
     let old = args[monitor.arg].as_bytes();
@@ -270,11 +271,10 @@ pub fn move_monitor(args: &[OsString], monitor: &Monitor, path: &Path) -> Vec<Os
                 }
             }
             // An empty part would join its neighbours into one `,,` (a literal comma).
-            "" | "wait" | "nowait" => {}
+            "" => {}
             _ => push_part(&mut new, &part),
         }
     }
-    push_part(&mut new, b"wait=off");
     out[monitor.arg] = OsString::from_vec(new);
     out
 }
@@ -425,17 +425,17 @@ mod tests {
         );
         assert_eq!(
             move_monitor(&a, &found[0], Path::new("/p"))[1],
-            "unix:/p,server,wait=off"
+            "unix:/p,server,nowait"
         );
         // Found by the fuzzer: an empty part must not turn the next separator into `,,`.
         let trailing = args(&["-qmp", "unix:/q,server,"]);
         let at = monitors(&trailing).unwrap();
         let moved = move_monitor(&trailing, &at[0], Path::new("/p"));
-        assert_eq!(moved[1], "unix:/p,server,wait=off");
+        assert_eq!(moved[1], "unix:/p,server");
         assert_eq!(monitors(&moved).unwrap().len(), 1);
         assert_eq!(
             move_monitor(&a, &found[2], Path::new("/p"))[7],
-            "socket,id=m,path=/p,server=on,wait=off"
+            "socket,id=m,path=/p,server=on"
         );
         assert_eq!(guest_name(&a).as_deref(), Some("plain"));
         assert!(daemonizes(&a));
