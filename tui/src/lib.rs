@@ -88,14 +88,13 @@ pub fn audited(tx: mpsc::Sender<Event>) -> mpsc::Sender<Event> {
         let mut before = Vec::new();
         let loaded = loop {
             let Ok(event) = rx.recv() else { return };
-            let greeting = match &event {
-                Event::Record(located) => match &located.record {
-                    Record::Msg(m) if m.kind == qmptap::wire::Kind::Greeting => Some(m.value()),
-                    _ => None,
-                },
-                _ => None,
-            };
+            let mut greeting = None;
             if let Event::Record(located) = &event {
+                if let Record::Msg(m) = &located.record {
+                    if m.kind == qmptap::wire::Kind::Greeting {
+                        greeting = Some(m.value());
+                    }
+                }
                 before.push(located.clone());
             }
             if tx.send(event).is_err() {
