@@ -37,6 +37,11 @@ pub fn run(a: &WrapArgs) -> Result<ExitCode> {
         launch::plan(args, &a.capture_dir, sockets, &stem, 0o600)
             .context("cannot record QEMU's monitors")?
     };
+    if plan.recorders.is_empty() && !launch::daemonizes(args) {
+        eprintln!(
+            "qmptap: no QMP monitor listening on a socket on QEMU's command line; starting it unrecorded"
+        );
+    }
     let me = std::env::current_exe().context("cannot find the qmptap binary")?;
     for r in &plan.recorders {
         let mut recorder = Command::new(&me);
