@@ -503,7 +503,8 @@ pub struct RecordArgs {
         help_heading = "Listening"
     )]
     pub upstream_wait: f64,
-    /// Stop, as on SIGINT, when process PID exits (the QEMU a launcher started).
+    /// Stop when process PID exits (the QEMU a launcher started): stop accepting, let
+    /// connections relay QEMU's last bytes, close what is left after a second.
     #[arg(long, value_name = "PID", help_heading = "Listening")]
     pub exit_with: Option<i32>,
 }

@@ -24,6 +24,10 @@ use crate::addr::Addr;
 use crate::capture::{Close, Open, Record, Side, SinkHandle, Time};
 use crate::wire::Limits;
 
+/// How long connections get to finish after the process [`shutdown_when_exits`] watches has
+/// exited.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// How long to wait for the upstream monitor to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -300,9 +304,11 @@ pub fn shutdown_on_signals(grace: Duration) -> io::Result<Shutdown> {
     Ok(shutdown)
 }
 
-/// Closes everything, as SIGINT does, once process `pid` has exited: for a proxy started
-/// beside the QEMU it serves, which has nothing left to relay when QEMU is gone. Watches a
-/// pidfd, so it sees the exit even while the process waits, a zombie, to be reaped.
+/// Stops once process `pid` has exited: for a proxy started beside the QEMU it serves, which
+/// has nothing left to relay when QEMU is gone. It stops accepting at once; connections end as
+/// QEMU's side reaches end of file (so QEMU's last messages are still relayed and recorded),
+/// and any left after [`EXIT_GRACE`] are closed. Watches a pidfd, so it sees the exit even
+/// while the process waits, a zombie, to be reaped.
 pub fn shutdown_when_exits(pid: i32, shutdown: &Shutdown) -> io::Result<()> {
     use std::os::fd::FromRawFd as _;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
@@ -324,6 +330,7 @@ pub fn shutdown_when_exits(pid: i32, shutdown: &Shutdown) -> io::Result<()> {
         let _ = watched.readable().await;
         tracing::info!(pid, "the watched process exited; closing");
         s.stop_accepting.cancel();
+        tokio::time::sleep(EXIT_GRACE).await;
         s.close_all.cancel();
     });
     Ok(())
