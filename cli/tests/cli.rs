@@ -240,11 +240,22 @@ fn record_streams_to_stdout_and_show_reads_stdin() {
     );
 }
 
-/// The exact bytes of each `msg` record of one direction, in order, as text.
-fn texts(capture: &Path, dir: qmptap::capture::Dir) -> Vec<String> {
-    qmptap::capture::Reader::open(capture)
+/// The capture wrap wrote into `dir`.
+fn only_capture(dir: &Path) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
-        .filter_map(|r| match r.unwrap().record {
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+/// The exact bytes of each `msg` record of one direction, in order, as text.
+fn texts(records: &[qmptap::capture::Record], dir: qmptap::capture::Dir) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| match r {
             qmptap::capture::Record::Msg(m) if m.dir == dir => {
                 Some(String::from_utf8(m.raw_bytes()).unwrap())
             }
@@ -294,35 +305,20 @@ fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     s.read_to_end(&mut got).unwrap();
     assert!(wait_exit(&mut child).success());
     // The recorder stops with QEMU and leaves a complete capture.
-    let capture = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .expect("a capture in --capture-dir");
+    let capture = only_capture(&dir.0);
     let name = capture.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         name.starts_with("t1-") && name.ends_with(&format!("-{}.jsonl", child.id())),
         "{name}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = std::fs::read_to_string(&capture).unwrap();
-        if types(&text).last().map(String::as_str) == Some("close") {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the recorder did not finish: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(texts(&capture, qmptap::capture::Dir::C2s).concat(), sent);
+    let records = finished_capture(&capture);
+    assert_eq!(texts(&records, qmptap::capture::Dir::C2s).concat(), sent);
     let received = String::from_utf8(got).unwrap();
-    let s2c = texts(&capture, qmptap::capture::Dir::S2c);
+    let s2c = texts(&records, qmptap::capture::Dir::S2c);
     assert_eq!(
         s2c.len(),
         5,
-        "greeting, two returns, SHUTDOWN, quit's return: {text}"
+        "greeting, two returns, SHUTDOWN, quit's return: {s2c:?}"
     );
     assert_eq!(
         received,
@@ -331,6 +327,59 @@ fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     assert!(
         !dir.path(&name.replace(".jsonl", ".qmp.sock")).exists(),
         "QEMU removed its socket"
+    );
+}
+
+/// A script's TCP monitor: wrap binds the port itself and hands the recorder the TCP socket
+/// as `fd:3`.
+#[test]
+fn wrap_records_a_tcp_monitor_through_an_inherited_tcp_socket() {
+    let dir = TempDir::new("wrap-tcp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = start(
+        "wrap",
+        &[
+            "--capture-dir",
+            dir.0.to_str().unwrap(),
+            "--",
+            "qemu-system-x86_64",
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+            &format!("tcp:127.0.0.1:{port},server=on,wait=off"),
+        ],
+        Stdio::null(),
+        &format!("qmptap: recording QEMU's monitor at tcp:127.0.0.1:{port}"),
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent = "{\"execute\":\"qmp_capabilities\"}{\"execute\":\"quit\"}";
+    s.write_all(sent.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(wait_exit(&mut child).success());
+    let capture = only_capture(&dir.0);
+    let records = finished_capture(&capture);
+    let header = qmptap::capture::Reader::open(&capture)
+        .unwrap()
+        .header()
+        .clone();
+    assert_eq!(
+        header.listen.as_deref(),
+        Some(format!("tcp:127.0.0.1:{port}").as_str())
+    );
+    assert_eq!(texts(&records, qmptap::capture::Dir::C2s).concat(), sent);
+    let s2c = texts(&records, qmptap::capture::Dir::S2c);
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        s2c.iter().map(|t| t.clone() + "\r\n").collect::<String>()
     );
 }
 
@@ -1153,20 +1202,16 @@ fn wrap_records_what_libvirt_says_to_qemu() {
     assert_eq!(getfd, json!({"return": {}, "id": getfd["id"]}));
     let (migrate, _) = reply_to(&msgs, "migrate", None);
     assert_eq!(migrate["return"], json!({}));
-    assert!(
+    let migrated = |msgs: &[(Dir, serde_json::Value, u32)]| {
         msgs.iter()
-            .any(|(_, m, _)| m["event"] == "MIGRATION" && m["data"]["status"] == "completed"),
-        "the save completed"
-    );
+            .any(|(_, m, _)| m["event"] == "MIGRATION" && m["data"]["status"] == "completed")
+    };
+    assert!(migrated(&msgs), "the save completed");
     // virsh restore: the save file is inherited by QEMU, not by the recorder.
     let msgs = messages(&restored);
     let (incoming, _) = reply_to(&msgs, "migrate-incoming", None);
     assert_eq!(incoming["return"], json!({}));
-    assert!(
-        msgs.iter()
-            .any(|(_, m, _)| m["event"] == "MIGRATION" && m["data"]["status"] == "completed"),
-        "the restore completed"
-    );
+    assert!(migrated(&msgs), "the restore completed");
     let (status, _) = reply_to(&msgs, "query-status", None);
     assert_eq!(status["return"], after["return"]);
 }

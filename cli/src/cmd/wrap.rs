@@ -8,8 +8,9 @@ use qmptap::launch;
 
 use crate::args::WrapArgs;
 
-/// How long a recorder keeps trying QEMU's moved monitor: QEMU creates it early in its
-/// start-up, after loading its modules; libvirt itself waits 30 s for a monitor.
+/// How long a recorder keeps trying QEMU's moved monitor once a client has connected: QEMU
+/// creates it early in its start-up, well within this. (libvirt waits for the greeting
+/// without a limit, so the bound is the recorder's own.)
 const UPSTREAM_WAIT_SECS: &str = "30";
 
 pub fn run(a: &WrapArgs) -> Result<ExitCode> {
@@ -34,14 +35,15 @@ pub fn run(a: &WrapArgs) -> Result<ExitCode> {
     } else {
         let stem = launch::stem(args, pid);
         let sockets = a.socket_dir.as_ref().unwrap_or(&a.capture_dir);
-        launch::plan(args, &a.capture_dir, sockets, &stem, 0o600)
-            .context("cannot record QEMU's monitors")?
+        let plan = launch::plan(args, &a.capture_dir, sockets, &stem, 0o600)
+            .context("cannot record QEMU's monitors")?;
+        if plan.recorders.is_empty() {
+            eprintln!(
+                "qmptap: no QMP monitor listening on a socket on QEMU's command line; starting it unrecorded"
+            );
+        }
+        plan
     };
-    if plan.recorders.is_empty() && !launch::daemonizes(args) {
-        eprintln!(
-            "qmptap: no QMP monitor listening on a socket on QEMU's command line; starting it unrecorded"
-        );
-    }
     let me = std::env::current_exe().context("cannot find the qmptap binary")?;
     for r in &plan.recorders {
         let mut recorder = Command::new(&me);
