@@ -264,29 +264,34 @@ fn texts(records: &[qmptap::capture::Record], dir: qmptap::capture::Dir) -> Vec<
         .collect()
 }
 
+/// Starts `qmptap wrap --capture-dir DIR -- qemu-system-x86_64 -machine none ... EXTRA` and
+/// waits until it says it records the monitor at an address starting with `at`.
+fn wrap(dir: &Path, extra: &[&str], at: &str) -> Child {
+    let mut args = vec!["--capture-dir", dir.to_str().unwrap(), "--"];
+    args.extend(["qemu-system-x86_64", "-machine", "none", "-nodefaults"]);
+    args.extend(["-display", "none"]);
+    args.extend(extra);
+    start(
+        "wrap",
+        &args,
+        Stdio::null(),
+        &format!("qmptap: recording QEMU's monitor at {at}"),
+    )
+}
+
 #[test]
 fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     let dir = TempDir::new("wrap");
     let monitor = dir.path("mon.sock");
-    let mut child = start(
-        "wrap",
+    let mut child = wrap(
+        &dir.0,
         &[
-            "--capture-dir",
-            dir.0.to_str().unwrap(),
-            "--",
-            "qemu-system-x86_64",
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
             "-name",
             "guest=t1,debug-threads=on",
             "-qmp",
             &format!("unix:{},server=on,wait=off", monitor.display()),
         ],
-        Stdio::null(),
-        "qmptap: recording QEMU's monitor at unix:",
+        "unix:",
     );
     // The pid the launcher knows is QEMU's: wrap became QEMU.
     let exe = Path::new("/proc").join(child.id().to_string()).join("exe");
@@ -340,23 +345,10 @@ fn wrap_records_a_tcp_monitor_through_an_inherited_tcp_socket() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = start(
-        "wrap",
-        &[
-            "--capture-dir",
-            dir.0.to_str().unwrap(),
-            "--",
-            "qemu-system-x86_64",
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-qmp",
-            &format!("tcp:127.0.0.1:{port},server=on,wait=off"),
-        ],
-        Stdio::null(),
-        &format!("qmptap: recording QEMU's monitor at tcp:127.0.0.1:{port}"),
+    let mut child = wrap(
+        &dir.0,
+        &["-qmp", &format!("tcp:127.0.0.1:{port},server=on,wait=off")],
+        &format!("tcp:127.0.0.1:{port}"),
     );
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
