@@ -7,7 +7,7 @@ use qmptap::addr::Addr;
 use qmptap::diff::{Entry, diff};
 use qmptap::normalize::Normalizer;
 
-use crate::util::{Client, Proxy, Qemu, TempDir, wait_for_socket};
+use crate::util::{Client, Proxy, Qemu, TempDir};
 
 #[test]
 fn every_bundled_capture_is_the_same_as_itself() {
@@ -77,7 +77,6 @@ fn two_runs_differ_only_where_something_changed() {
             &format!("unix:{},server=on,wait=off", socket.display()),
         ],
     );
-    wait_for_socket(&socket);
     let c = run_scenario(&d3, &socket);
     let report = diff(&a, &c, &Normalizer::default()).unwrap();
     let differing: Vec<&Entry> = report

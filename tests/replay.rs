@@ -11,7 +11,7 @@ use qmptap::normalize::Normalizer;
 use qmptap::replay::Pace;
 use qmptap::replay::client::{Options, Report, replay};
 
-use crate::util::{Client, MigrationPair, Proxy, Qemu, TempDir, spawn, wait_for_socket};
+use crate::util::{Client, MigrationPair, Proxy, Qemu, TempDir, spawn, wait_for_monitor};
 
 fn capture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -125,7 +125,7 @@ fn the_block_mirror_capture_replays_clean_against_a_fresh_storage_daemon() {
             ))
             .args(["--monitor", "chardev=m"]),
     );
-    wait_for_socket(&socket);
+    wait_for_monitor(&socket);
     let mut o = options(&socket);
     o.pace = Pace::Scaled(1.0);
     o.rewrites = vec![(recorded.display().to_string(), dir.0.display().to_string())];
@@ -157,7 +157,7 @@ fn a_device_left_out_shows_as_exactly_the_replies_that_differ() {
                 .arg("-qmp")
                 .arg(format!("unix:{},server=on,wait=off", socket.display())),
         );
-        wait_for_socket(&socket);
+        wait_for_monitor(&socket);
         (child, socket)
     };
     let (_recorded, socket) = start(&with_device, "recorded.sock");
@@ -270,7 +270,7 @@ fn the_libvirt_capture_replays_clean_against_qemu_started_as_libvirt_did() {
         "-msg",
         "timestamp=on",
     ]));
-    wait_for_socket(&socket);
+    wait_for_monitor(&socket);
     // query-chardev names the monitor's socket: the recording's was wrap's private one.
     let recorded = qmptap::capture::Reader::open(&capture("libvirt-save.jsonl"))
         .unwrap()

@@ -83,7 +83,7 @@ impl Qemu {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start QEMU");
-        wait_for_socket(socket);
+        wait_for_monitor(socket);
         Qemu {
             child,
             socket: socket.to_owned(),
@@ -167,7 +167,7 @@ impl MigrationPair {
                 .args(["-qmp", &qmp("src.sock")]),
         );
         let src_socket = dir.path("src.sock");
-        wait_for_socket(&src_socket);
+        wait_for_monitor(&src_socket);
         wait_for_socket(&mig_socket);
         MigrationPair {
             dst,
@@ -181,6 +181,30 @@ impl MigrationPair {
     pub fn uri(&self) -> String {
         format!("unix:{}", self.mig_socket.display())
     }
+}
+
+/// Waits until the QMP monitor at `path` answers and QEMU's main loop runs. A QEMU that is
+/// still starting can send its vCPUs' RESUME event on a connection it has accepted but not
+/// yet greeted (the monitor's I/O thread sets the connection up while the main thread starts
+/// the vCPUs), so a session that must begin with the greeting waits for that moment to pass:
+/// a reply proves it, as QEMU dispatches commands only from its main loop.
+pub fn wait_for_monitor(path: &Path) {
+    wait_for_socket(path);
+    let deadline = Instant::now() + TIMEOUT;
+    let stream = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            // Bound but not yet listening.
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("connect {}: {e}", path.display()),
+        }
+    };
+    let mut probe = Client::from_stream(stream);
+    while probe.next_value().get("QMP").is_none() {}
+    probe.execute(r#"{"execute": "qmp_capabilities"}"#);
+    probe.execute(r#"{"execute": "query-version"}"#);
 }
 
 pub fn wait_for_socket(path: &Path) {
@@ -331,8 +355,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Client {
-        let stream =
-            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        Client::from_stream(
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display())),
+        )
+    }
+
+    fn from_stream(stream: UnixStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         Client {
             stream,

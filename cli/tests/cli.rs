@@ -60,12 +60,24 @@ fn qemu_with(socket: &Path, extra: &[&str]) -> Killed {
         .stdout(Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64 is required: apt-get install qemu-system-x86 (see .ci/run)");
+    let qemu = Killed(child);
+    // A QEMU still starting can send its RESUME event on a just-accepted connection before
+    // greeting it; a session that answers a command proves the main loop, and so the vCPUs'
+    // start, has come and gone, and every later session begins with the greeting.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "QEMU did not create its socket");
+    while UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU did not listen on its socket"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    Killed(child)
+    let probe = String::from_utf8(session(socket)).unwrap();
+    assert!(
+        probe.contains(r#""status""#),
+        "QEMU did not answer: {probe}"
+    );
+    qemu
 }
 
 /// Starts `qmptap record` and waits for its "recording" line.
