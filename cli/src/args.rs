@@ -358,6 +358,9 @@ pub struct TuiArgs {
     /// With --listen: also write the capture to FILE.
     #[arg(short, long, value_name = "FILE", requires = "listen")]
     pub output: Option<PathBuf>,
+    /// With --output: replace an existing capture file.
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// With --listen: have the proxy poll these query commands itself once the client has
     /// negotiated (see record --help).
     #[arg(long, value_name = "CMD,...[@INTERVAL]", requires = "listen")]

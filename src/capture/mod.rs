@@ -16,4 +16,4 @@ pub use record::{
     Close, Dir, FORMAT, FrameError, Gap, Header, Msg, Open, Origin, Peer, Record, Side, Time,
     VERSION,
 };
-pub use writer::{OnWriteError, Sink, SinkHandle, Writer};
+pub use writer::{OnWriteError, Sink, SinkHandle, Writer, create};

@@ -5,7 +5,10 @@
 //! TUI): see [`Sink::start_tapped`]. Neither the disk nor a slow tap consumer ever makes a
 //! relay wait.
 
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -33,6 +36,23 @@ pub const TAP_FELL_BEHIND: &str = "the tap's consumer fell behind";
 
 /// After a failed write, how long the sink waits before it tries the disk again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Creates a capture file that only its owner can read and write (mode 0600, as for the
+/// listening socket): a capture holds everything the clients sent, passwords and secret
+/// objects' data included. An existing file is refused unless `replace`, in which case it
+/// is truncated and keeps its mode.
+///
+/// # Errors
+/// The file exists (and not `replace`), or cannot be created.
+pub fn create(path: &Path, replace: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(replace)
+        .create_new(!replace)
+        .mode(0o600)
+        .open(path)
+}
 
 /// Appends records to a byte stream, one JSON line each.
 pub struct Writer<W: Write> {

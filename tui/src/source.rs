@@ -2,6 +2,7 @@
 //! played back in (scaled) real time, or the recording proxy run in this process. Each runs
 //! on its own thread and sends [`Event`]s; none of them ever drops a record.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Seek as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,8 +42,8 @@ pub enum Source {
     Live {
         /// Proxy settings (listen, upstream, poll).
         config: Config,
-        /// Also write the capture here.
-        output: Option<PathBuf>,
+        /// Also write the capture to this file (see [`qmptap::capture::create`]).
+        output: Option<Arc<File>>,
     },
 }
 
@@ -219,7 +220,7 @@ fn follow(path: &Path, tx: &Sender<Event>, stop: &AtomicBool) -> Result<(), Stri
 /// Runs the recording proxy in this process, its records tapped into the monitor.
 fn live(
     config: &Config,
-    output: Option<&PathBuf>,
+    output: Option<&Arc<File>>,
     tx: &Sender<Event>,
     shutdown: &Shutdown,
 ) -> Result<(), String> {
@@ -229,10 +230,10 @@ fn live(
         .build()
         .map_err(|e| e.to_string())?;
     let out = output
-        .map(|p| {
-            std::fs::File::create(p)
+        .map(|f| {
+            f.try_clone()
                 .map(std::io::BufWriter::new)
-                .map_err(|e| format!("cannot create the capture '{}': {e}", p.display()))
+                .map_err(|e| format!("cannot write the capture: {e}"))
         })
         .transpose()?;
     runtime.block_on(async {

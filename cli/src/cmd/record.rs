@@ -1,6 +1,5 @@
 //! `qmptap record`.
 
-use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -48,18 +47,12 @@ pub fn run(args: &RecordArgs) -> Result<ExitCode> {
     let out: Box<dyn Write + Send> = if args.output.as_os_str() == "-" {
         Box::new(io::stdout())
     } else {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(args.force)
-            .create_new(!args.force)
-            .open(&args.output)
-            .with_context(|| {
-                format!(
-                    "cannot create the capture '{}' (use --force to replace an existing one)",
-                    args.output.display()
-                )
-            })?;
+        let file = qmptap::capture::create(&args.output, args.force).with_context(|| {
+            format!(
+                "cannot create the capture '{}' (use --force to replace an existing one)",
+                args.output.display()
+            )
+        })?;
         Box::new(BufWriter::with_capacity(1 << 16, file))
     };
     let result = record(args, &v, out);

@@ -1,6 +1,7 @@
 //! `qmptap tui`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use qmptap_tui::Source;
@@ -20,9 +21,24 @@ pub fn run(args: &TuiArgs, color: ColorChoice) -> Result<ExitCode> {
             speed: args.speed,
         }
     } else if let (Some(listen), Some(upstream)) = (&args.listen, &args.upstream) {
+        let config =
+            super::proxy_config(listen, upstream, &args.socket_mode, args.poll.as_deref())?;
+        // Created before the screen is taken over, so a refusal reads as a plain error.
+        let output = args
+            .output
+            .as_ref()
+            .map(|path| {
+                qmptap::capture::create(path, args.force).with_context(|| {
+                    format!(
+                        "cannot create the capture '{}' (use --force to replace an existing one)",
+                        path.display()
+                    )
+                })
+            })
+            .transpose()?;
         Source::Live {
-            config: super::proxy_config(listen, upstream, &args.socket_mode, args.poll.as_deref())?,
-            output: args.output.clone(),
+            config,
+            output: output.map(Arc::new),
         }
     } else if let Some(path) = &args.capture {
         // Fail before the screen is taken over when the capture cannot be read.
