@@ -60,24 +60,32 @@ fn qemu_with(socket: &Path, extra: &[&str]) -> Killed {
         .stdout(Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64 is required: apt-get install qemu-system-x86 (see .ci/run)");
-    let qemu = Killed(child);
-    // A QEMU still starting can send its RESUME event on a just-accepted connection before
-    // greeting it; a session that answers a command proves the main loop, and so the vCPUs'
-    // start, has come and gone, and every later session begins with the greeting.
+    wait_for_monitor(socket);
+    Killed(child)
+}
+
+/// Polls `done` every 10 ms until it holds, failing with `what` after 10 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU did not listen on its socket"
-        );
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits until the QEMU monitor at `socket` answers a command. A QEMU still starting can send
+/// its RESUME event on a just-accepted connection before greeting it; a command's reply
+/// proves the main loop, and so the vCPUs' start, has come and gone, and every later session
+/// begins with the greeting.
+fn wait_for_monitor(socket: &Path) {
+    wait_until("QEMU did not listen on its socket", || {
+        UnixStream::connect(socket).is_ok()
+    });
     let probe = String::from_utf8(session(socket)).unwrap();
     assert!(
         probe.contains(r#""status""#),
         "QEMU did not answer: {probe}"
     );
-    qemu
 }
 
 /// Starts `qmptap record` and waits for its "recording" line.
@@ -174,11 +182,19 @@ fn record_stops_cleanly_on_sigterm_and_sigint() {
         // A client still connected when the signal comes is closed (SIGINT) or given the
         // grace period (SIGTERM) and recorded either way.
         let _idle = UnixStream::connect(&listen).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until("the idle client was not accepted", || {
+            std::fs::read_to_string(&capture)
+                .unwrap()
+                .matches(r#""type":"open""#)
+                .count()
+                == 2
+        });
         signal(&child, sig);
         let status = wait_exit(&mut child);
         assert!(status.success(), "SIG{sig}: {status}");
         assert!(!listen.exists(), "the socket file is removed");
+        let mode = std::fs::metadata(&capture).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the capture is private");
         let text = std::fs::read_to_string(&capture).unwrap();
         let t = types(&text);
         assert_eq!(t.first().map(String::as_str), Some("header"));
@@ -276,11 +292,20 @@ fn texts(records: &[qmptap::capture::Record], dir: qmptap::capture::Dir) -> Vec<
         .collect()
 }
 
-/// Starts `qmptap wrap --capture-dir DIR -- qemu-system-x86_64 -machine none ... EXTRA` and
-/// waits until it says it records the monitor at an address starting with `at`.
+/// Starts `qmptap wrap --capture-dir DIR -- qemu-system-x86_64 -machine none -S ... EXTRA`
+/// and waits until it says it records the monitor at an address starting with `at`.
+///
+/// `-S`, as libvirt does: the tests' clients connect while QEMU starts, and a QEMU that
+/// starts its vCPUs then can send their RESUME event before the greeting.
 fn wrap(dir: &Path, extra: &[&str], at: &str) -> Child {
     let mut args = vec!["--capture-dir", dir.to_str().unwrap(), "--"];
-    args.extend(["qemu-system-x86_64", "-machine", "none", "-nodefaults"]);
+    args.extend([
+        "qemu-system-x86_64",
+        "-machine",
+        "none",
+        "-S",
+        "-nodefaults",
+    ]);
     args.extend(["-display", "none"]);
     args.extend(extra);
     start(
@@ -307,11 +332,9 @@ fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     );
     // The pid the launcher knows is QEMU's: wrap became QEMU.
     let exe = Path::new("/proc").join(child.id().to_string()).join("exe");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_link(&exe).is_ok_and(|p| p.ends_with("qemu-system-x86_64")) {
-        assert!(Instant::now() < deadline, "wrap did not exec QEMU");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("wrap did not exec QEMU", || {
+        std::fs::read_link(&exe).is_ok_and(|p| p.ends_with("qemu-system-x86_64"))
+    });
     // The client connects where it always did, possibly before QEMU listens behind it.
     let mut s = UnixStream::connect(&monitor).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -805,15 +828,8 @@ fn tui_follows_a_live_migration_with_its_own_polls() {
         format!("unix:{}", mig.display()),
     ]);
     let _src = spawn(&["-qmp".into(), qmp("src.sock")]);
-    let wait = |p: &Path| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !p.exists() {
-            assert!(Instant::now() < deadline, "{} never appeared", p.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait(&dir.path("src.sock"));
-    wait(&mig);
+    wait_for_monitor(&dir.path("src.sock"));
+    wait_until("the migration socket never appeared", || mig.exists());
 
     let session = format!("qmptap-test-{}", std::process::id());
     let command = format!(
@@ -835,7 +851,7 @@ fn tui_follows_a_live_migration_with_its_own_polls() {
         &command,
     ]);
     let _session = Session(session.clone());
-    wait(&dir.path("proxy.sock"));
+    wait_until("the TUI did not listen", || dir.path("proxy.sock").exists());
 
     // The client: negotiates, slows the migration down so that it is watchable, starts it,
     // and never polls.
