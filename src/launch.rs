@@ -139,6 +139,24 @@ pub fn inherit_only(command: &mut Command, listen: &OwnedFd) {
     }
 }
 
+/// Makes `command` run as an orphan: the spawned process forks once more and exits at
+/// once, and the command runs in the grandchild, whose parent is then the init process (or
+/// the nearest subreaper). A launcher that becomes QEMU by `exec` must not leave its
+/// recorders as QEMU's children: QEMU never reaps them, so one that ended first would stay a
+/// zombie until QEMU exits. Errors of the final `exec` still reach `spawn`. The caller must
+/// `wait` for the returned child, the short-lived middle process.
+pub fn orphan(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec in the child of a single-threaded
+    // process, and calls only fork and _exit, allocating nothing.
+    unsafe {
+        command.pre_exec(|| match libc::fork() {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => Ok(()),
+            _ => libc::_exit(0),
+        });
+    }
+}
+
 /// A QMP monitor served on a listening socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Monitor {

@@ -335,6 +335,9 @@ fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     wait_until("wrap did not exec QEMU", || {
         std::fs::read_link(&exe).is_ok_and(|p| p.ends_with("qemu-system-x86_64"))
     });
+    // The recorder is not QEMU's child: QEMU would never reap it.
+    let recorder = recorder_of(child.id());
+    assert_ne!(parent_of(recorder), child.id());
     // The client connects where it always did, possibly before QEMU listens behind it.
     let mut s = UnixStream::connect(&monitor).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -368,6 +371,37 @@ fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
         !dir.path(&name.replace(".jsonl", ".qmp.sock")).exists(),
         "QEMU removed its socket"
     );
+    // Gone, or a zombie if whatever adopted it (init, a subreaper) has not reaped it yet.
+    wait_until("the recorder did not exit with QEMU", || {
+        std::fs::read_to_string(format!("/proc/{recorder}/stat"))
+            .map_or(true, |stat| stat[stat.rfind(')').unwrap()..].starts_with(") Z"))
+    });
+}
+
+/// The parent of process `pid`, from /proc.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name, which is in parentheses and may contain anything: state, ppid.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The pid of the `qmptap record --exit-with=PID` started for QEMU `pid`.
+fn recorder_of(pid: u32) -> u32 {
+    let wanted = format!("--exit-with={pid}");
+    let mut found = None;
+    wait_until("no recorder runs for QEMU", || {
+        found = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+            let p: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            cmdline
+                .split(|b| *b == 0)
+                .any(|a| a == wanted.as_bytes())
+                .then_some(p)
+        });
+        found.is_some()
+    });
+    found.unwrap()
 }
 
 /// A script's TCP monitor: wrap binds the port itself and hands the recorder the TCP socket

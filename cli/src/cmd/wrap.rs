@@ -60,8 +60,10 @@ pub fn run(a: &WrapArgs) -> Result<ExitCode> {
             recorder.arg(format!("--poll={poll}"));
         }
         launch::inherit_only(&mut recorder, &r.listen);
+        launch::orphan(&mut recorder);
         recorder
             .spawn()
+            .and_then(|mut middle| middle.wait())
             .with_context(|| format!("cannot start the recorder for {}", r.was))?;
         eprintln!(
             "qmptap: recording QEMU's monitor at {} into {}",
