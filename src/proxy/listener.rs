@@ -149,14 +149,16 @@ pub struct SocketFile(PathBuf);
 
 impl SocketFile {
     /// Leaves the file in place.
-    fn keep(self) {
-        std::mem::forget(self);
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
     }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.0);
+        }
     }
 }
 
