@@ -475,6 +475,11 @@ pub struct RecordArgs {
         help_heading = "Listening"
     )]
     pub socket_mode: String,
+    /// With --listen fd:N: remove the UNIX socket's file on exit, as for a socket qmptap
+    /// bound itself (for a socket handed over for good, as wrap does; an inherited socket's
+    /// file otherwise belongs to whoever created it).
+    #[arg(long, help_heading = "Listening")]
+    pub remove_socket_file: bool,
     /// Replace an existing capture file (by default qmptap refuses, so that no recording is
     /// lost by mistake).
     #[arg(long, help_heading = "Capture")]

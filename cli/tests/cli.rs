@@ -373,9 +373,14 @@ fn wrap_records_the_qemu_it_becomes_and_stops_with_it() {
     );
     // Gone, or a zombie if whatever adopted it (init, a subreaper) has not reaped it yet.
     wait_until("the recorder did not exit with QEMU", || {
-        std::fs::read_to_string(format!("/proc/{recorder}/stat"))
-            .map_or(true, |stat| stat[stat.rfind(')').unwrap()..].starts_with(") Z"))
+        std::fs::read_to_string(format!("/proc/{recorder}/stat")).map_or(true, |stat| {
+            stat[stat.rfind(')').unwrap()..].starts_with(") Z")
+        })
     });
+    assert!(
+        !monitor.exists(),
+        "the socket wrap bound is gone with QEMU, as QEMU's own would be"
+    );
 }
 
 /// The parent of process `pid`, from /proc.

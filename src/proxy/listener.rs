@@ -122,6 +122,21 @@ impl Listener {
             .map_err(listen_err)
     }
 
+    /// Makes the listener remove its UNIX socket's file when dropped, as it does for a
+    /// socket it bound: for an inherited socket (`fd:N`) handed over for good. Nothing to do
+    /// for TCP, or for a socket that has no file (abstract or unnamed).
+    ///
+    /// # Errors
+    /// The socket's address cannot be read.
+    pub fn remove_file_when_dropped(&mut self) -> io::Result<()> {
+        if let Listener::Unix(l, file @ None) = self {
+            if let Some(path) = l.local_addr()?.as_pathname() {
+                *file = Some(SocketFile(path.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
     /// Hands the socket over as a plain blocking descriptor, for another process to serve
     /// (`fd:N`); a UNIX socket file stays in place.
     pub fn into_fd(self) -> io::Result<OwnedFd> {

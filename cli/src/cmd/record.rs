@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use qmptap::addr::Addr;
 use qmptap::capture::{Header, OnWriteError, Record, Sink};
 use qmptap::proxy::{self, Config, Listener};
 
@@ -23,6 +24,11 @@ impl TryFrom<&RecordArgs> for Validated {
         let mut config =
             super::proxy_config(&a.listen, &a.upstream, &a.socket_mode, a.poll.as_deref())?;
         config.upstream_wait = seconds("--upstream-wait", a.upstream_wait)?;
+        if a.remove_socket_file && !matches!(config.listen, Addr::Fd(_)) {
+            bail!(
+                "--remove-socket-file applies to --listen fd:N only (qmptap removes the sockets it binds)"
+            );
+        }
         let policy = match a.on_write_error {
             args::OnWriteError::Continue => OnWriteError::Continue,
             args::OnWriteError::Fail => OnWriteError::Fail,
@@ -71,7 +77,12 @@ fn record(args: &RecordArgs, v: &Validated, out: Box<dyn Write + Send>) -> Resul
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = Listener::bind(&v.config.listen, v.config.socket_mode).await?;
+        let mut listener = Listener::bind(&v.config.listen, v.config.socket_mode).await?;
+        if args.remove_socket_file {
+            listener
+                .remove_file_when_dropped()
+                .context("--remove-socket-file")?;
+        }
         let bound = listener.local_addr()?;
         let header = Record::Header(Header::new(
             Some(bound.to_string()),

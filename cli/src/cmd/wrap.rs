@@ -4,6 +4,7 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, Result, bail};
+use qmptap::addr::Addr;
 use qmptap::launch;
 
 use crate::args::WrapArgs;
@@ -56,6 +57,10 @@ pub fn run(a: &WrapArgs) -> Result<ExitCode> {
             .arg("-o")
             .arg(&r.capture)
             .stdin(Stdio::null());
+        if matches!(r.was, Addr::Unix(_)) {
+            // Bound here, for good: gone with QEMU, as QEMU's own socket would be.
+            recorder.arg("--remove-socket-file");
+        }
         if let Some(poll) = &a.poll {
             recorder.arg(format!("--poll={poll}"));
         }
