@@ -114,6 +114,7 @@ mod tests {
                 .unwrap();
             w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")
                 .unwrap();
+            // Each command the client sends is one object with no nested braces.
             let mut commands = std::io::BufReader::new(theirs).split(b'}');
             commands.next().unwrap().unwrap();
             w.write_all(b"{\"return\": {}}\r\n").unwrap();

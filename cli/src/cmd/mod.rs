@@ -14,7 +14,7 @@ mod wrap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use qmptap::transcript::Filter;
 
 use crate::args::{Cli, ColorChoice, Command, FilterArgs};
@@ -84,6 +84,17 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
             || cause.to_string().contains("Broken pipe")
+    })
+}
+
+/// The capture file `-o FILE` of `record` and `tui` (private, refused if it exists unless
+/// `--force`).
+pub fn create_capture(path: &std::path::Path, force: bool) -> Result<std::fs::File> {
+    qmptap::capture::create(path, force).with_context(|| {
+        format!(
+            "cannot create the capture '{}' (use --force to replace an existing one)",
+            path.display()
+        )
     })
 }
 

@@ -53,12 +53,7 @@ pub fn run(args: &RecordArgs) -> Result<ExitCode> {
     let out: Box<dyn Write + Send> = if args.output.as_os_str() == "-" {
         Box::new(io::stdout())
     } else {
-        let file = qmptap::capture::create(&args.output, args.force).with_context(|| {
-            format!(
-                "cannot create the capture '{}' (use --force to replace an existing one)",
-                args.output.display()
-            )
-        })?;
+        let file = super::create_capture(&args.output, args.force)?;
         Box::new(BufWriter::with_capacity(1 << 16, file))
     };
     let result = record(args, &v, out);

@@ -27,14 +27,7 @@ pub fn run(args: &TuiArgs, color: ColorChoice) -> Result<ExitCode> {
         let output = args
             .output
             .as_ref()
-            .map(|path| {
-                qmptap::capture::create(path, args.force).with_context(|| {
-                    format!(
-                        "cannot create the capture '{}' (use --force to replace an existing one)",
-                        path.display()
-                    )
-                })
-            })
+            .map(|path| super::create_capture(path, args.force))
             .transpose()?;
         Source::Live {
             config,
