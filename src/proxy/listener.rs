@@ -3,11 +3,12 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
 };
@@ -228,50 +229,87 @@ fn adopt(fd: RawFd) -> io::Result<Listener> {
     // Probe without owning: F_GETFD fails with EBADF on a descriptor that is not open.
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
         .map_err(|_| invalid("no such open descriptor (was it passed to qmptap?)"))?;
-    // SAFETY: `fd` is open (checked above), and `ADOPTED` guarantees this is its only owner
-    // within qmptap; the process that started qmptap handed it over for this purpose.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let checked = (|| {
-        if !getsockopt(&owned.as_fd(), sockopt::AcceptConn).map_err(io::Error::from)? {
-            return Err(invalid("the socket is not listening"));
-        }
-        let family = getsockname::<SockaddrStorage>(fd)
-            .map_err(io::Error::from)?
-            .family();
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-        Ok(family)
-    })();
-    let family = match checked {
-        Ok(family) => family,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
-            // Not ours to close: hand it back untouched.
-            std::mem::forget(owned);
-            return Err(invalid("the descriptor is not a socket"));
-        }
-        Err(e) => {
-            std::mem::forget(owned);
-            return Err(e);
-        }
+    // Checked on a borrow, so that a descriptor refused is handed back untouched.
+    // SAFETY: `fd` is open (checked above), and nothing in qmptap owns or closes it while
+    // this borrow lives.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let listening = getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| match e {
+        Errno::ENOTSOCK => invalid("the descriptor is not a socket"),
+        e => io::Error::from(e),
+    })?;
+    if !listening {
+        return Err(invalid("the socket is not listening"));
+    }
+    let family = getsockname::<SockaddrStorage>(fd)
+        .map_err(io::Error::from)?
+        .family();
+    let unix = match family {
+        Some(AddressFamily::Unix) => true,
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => false,
+        _ => return Err(invalid("the socket is neither UNIX nor TCP")),
     };
-    let listener = match family {
-        Some(AddressFamily::Unix) => {
-            let std = std::os::unix::net::UnixListener::from(owned);
-            std.set_nonblocking(true)?;
-            Listener::Unix(UnixListener::from_std(std)?, None)
-        }
-        Some(AddressFamily::Inet | AddressFamily::Inet6) => {
-            let std = std::net::TcpListener::from(owned);
-            std.set_nonblocking(true)?;
-            Listener::Tcp(TcpListener::from_std(std)?)
-        }
-        _ => {
-            std::mem::forget(owned);
-            return Err(invalid("the socket is neither UNIX nor TCP"));
-        }
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: `fd` is an open listening socket, and `ADOPTED` guarantees this is its only
+    // owner within qmptap; the process that started qmptap handed it over for this purpose.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = if unix {
+        let std = std::os::unix::net::UnixListener::from(owned);
+        std.set_nonblocking(true)?;
+        Listener::Unix(UnixListener::from_std(std)?, None)
+    } else {
+        let std = std::net::TcpListener::from(owned);
+        std.set_nonblocking(true)?;
+        Listener::Tcp(TcpListener::from_std(std)?)
     };
     adopted.push(fd);
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd as _, IntoRawFd as _};
+
+    use super::*;
+
+    /// A descriptor refused is handed back open and untouched; a listening one is taken over.
+    #[test]
+    fn adopts_only_listening_unix_or_tcp_sockets() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = adopt(a.as_raw_fd()).unwrap_err();
+        assert_eq!(e.to_string(), "the socket is not listening");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = adopt(udp.as_raw_fd()).unwrap_err();
+        assert_eq!(e.to_string(), "the socket is not listening");
+        let file = fs::File::open("/dev/null").unwrap();
+        let e = adopt(file.as_raw_fd()).unwrap_err();
+        assert_eq!(e.to_string(), "the descriptor is not a socket");
+        for fd in [a.as_raw_fd(), udp.as_raw_fd(), file.as_raw_fd()] {
+            let open = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD);
+            assert!(open.is_ok(), "fd {fd} was closed");
+        }
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let fd = tcp.into_raw_fd();
+        let listener = adopt(fd).unwrap();
+        assert_eq!(
+            listener.local_addr().unwrap(),
+            Addr::Tcp {
+                host: "127.0.0.1".into(),
+                port
+            }
+        );
+        assert_eq!(
+            adopt(fd).unwrap_err().to_string(),
+            "this descriptor is already in use as a listener"
+        );
+    }
 }
