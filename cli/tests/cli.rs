@@ -514,6 +514,30 @@ fn record_refuses_what_it_must_not_touch() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     assert_eq!(std::fs::read(&capture).unwrap(), b"old");
+    // With --force it is replaced, keeping its mode.
+    std::fs::set_permissions(&capture, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let listen = dir.path("forced.sock");
+    let mut child = record(
+        &[
+            "--listen",
+            &format!("unix:{}", listen.display()),
+            "--upstream",
+            &format!("unix:{}", qmp.display()),
+            "-o",
+            capture.to_str().unwrap(),
+            "--force",
+        ],
+        Stdio::null(),
+    );
+    session(&listen);
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child).success());
+    let replaced = std::fs::read_to_string(&capture).unwrap();
+    assert_eq!(types(&replaced).first().map(String::as_str), Some("header"));
+    assert_eq!(
+        std::fs::metadata(&capture).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     // Bad addresses are quoted back with what would be accepted.
     let out = Command::new(BIN)
         .args([
@@ -869,10 +893,12 @@ fn tui_follows_a_live_migration_with_its_own_polls() {
     let _src = spawn(&["-qmp".into(), qmp("src.sock")]);
     wait_for_monitor(&dir.path("src.sock"));
     wait_until("the migration socket never appeared", || mig.exists());
+    // An earlier capture in the way: --force replaces it.
+    std::fs::write(dir.path("capture.jsonl"), "an earlier capture\n").unwrap();
 
     let session = format!("qmptap-test-{}", std::process::id());
     let command = format!(
-        "{BIN} tui --listen unix:{} --upstream unix:{} --poll query-migrate@100ms -o {} --log {}",
+        "{BIN} tui --listen unix:{} --upstream unix:{} --poll query-migrate@100ms -o {} --force --log {}",
         dir.path("proxy.sock").display(),
         dir.path("src.sock").display(),
         dir.path("capture.jsonl").display(),
@@ -970,13 +996,15 @@ fn tui_follows_a_live_migration_with_its_own_polls() {
 
     // Quit; the capture marks the polls as the proxy's own.
     tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux(&["list-sessions"]).contains(&session) {
-        assert!(Instant::now() < deadline, "the monitor did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the monitor did not quit", || {
+        !tmux(&["list-sessions"]).contains(&session)
+    });
     drop(client);
     let capture = std::fs::read_to_string(dir.path("capture.jsonl")).unwrap();
+    assert!(
+        capture.starts_with(r#"{"type":"header""#),
+        "--force replaced the earlier capture"
+    );
     let polls = capture
         .lines()
         .filter(|l| l.contains(r#""origin":"proxy""#) && l.contains("\"completed\""))

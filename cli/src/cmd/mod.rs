@@ -106,7 +106,6 @@ pub fn proxy_config(
     mode: &str,
     poll: Option<&str>,
 ) -> Result<qmptap::proxy::Config> {
-    use anyhow::Context as _;
     let listen: qmptap::addr::Addr = listen.parse().context("--listen")?;
     let upstream: qmptap::addr::Addr = upstream.parse().context("--upstream")?;
     if let qmptap::addr::Addr::Fd(_) = upstream {
